@@ -1,0 +1,68 @@
+// The resolved backing chain of one image: what every renderer and the mount
+// consume. Immutable once built; shared as std::shared_ptr<const Chain>.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/chain/backing_ref.h"
+#include "core/format/driver.h"
+#include "core/io/file.h"
+
+namespace chainfs::core {
+
+// Where the format of a chain element came from.
+enum class FormatSource {
+  kProbed,    // probed from the file's own bytes (the top image; or a backing whose
+              // format was not recorded and which has no backing of its own)
+  kMetadata,  // recorded in the metadata of the image above it
+};
+
+// One element of a chain: index 0 is the image itself, 1 its backing, ...
+struct ChainElement {
+  int index = 0;
+  std::string path;            // absolute host path; for network sources the raw string
+  std::string backing_string;  // how the image above recorded it ("" for index 0)
+  std::optional<BackingRef> ref;  // classification of backing_string (absent for index 0)
+  bool network = false;        // a network source: shown, never opened
+  std::string format;          // format in use ("" if it could not be determined)
+  FormatSource format_source = FormatSource::kProbed;
+  std::optional<FileStat> stat;                // absent when not opened
+  std::shared_ptr<const ImageMeta> meta;       // null when not opened / not parsed
+};
+
+// Classifies a problem, so that callers can test for kinds without parsing text.
+enum class ProblemKind {
+  kMissingBackingFormat,  // libvirt's "format of backing image ... was not specified"
+  kMissingBackingFile,    // "Cannot access backing file ..."
+  kUnreadable,            // permission denied or I/O error opening an element
+  kLoop,                  // the same (dev, ino) twice
+  kTooDeep,               // more than kMaxChainDepth elements
+  kCorruptHeader,         // the format driver could not parse the header
+  kHeader,                // the header parsed but carries a problem (ImageMeta::problems)
+  kBadBackingString,      // a backing string that cannot be classified
+  kUnknownFormat,         // a recorded backing format that is not a known format
+  kUnsupported,           // e.g. a block device or other non-regular file
+};
+
+// One problem found while resolving: at chain index `index`.
+struct Problem {
+  int index = 0;
+  ProblemKind kind = ProblemKind::kCorruptHeader;
+  std::string message;  // one line, libvirt's wording where libvirt has one
+  std::string fix;      // one line: a file operation and/or command; may be empty
+};
+
+// QEMU's and libvirt's limit on chain length.
+inline constexpr int kMaxChainDepth = 200;
+
+struct Chain {
+  std::vector<ChainElement> elements;  // top first
+  std::vector<Problem> problems;       // in index order
+  bool complete = false;  // walked to an element with no backing, no problem stopped it
+  bool healthy() const { return problems.empty(); }
+};
+
+}  // namespace chainfs::core

@@ -1,0 +1,68 @@
+// The format driver interface: one driver per image format, each behind the
+// same table (like QEMU's BlockDriver). Drivers only *report* backing
+// references; the chain resolver decides what to open.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/io/reader.h"
+#include "core/status.h"
+#include "core/util/json.h"
+
+namespace chainfs::core {
+
+// How many leading bytes probing looks at: enough for an ISO 9660 volume
+// descriptor at 32769 (libvirt reads the same amount).
+inline constexpr size_t kProbeBytes = 0x8200;
+
+// Metadata of one image file, as read from its own header. Immutable once
+// built; shared as std::shared_ptr<const ImageMeta>.
+struct ImageMeta {
+  std::string format;             // driver name: "qcow2", "raw", ...
+  uint64_t virtual_size = 0;      // guest-visible bytes
+  std::optional<uint64_t> cluster_size;
+  bool encrypted = false;
+  std::string encryption_format;  // "aes", "luks" when encrypted
+  std::optional<std::string> backing;         // backing string exactly as recorded
+  std::optional<std::string> backing_format;  // backing format as recorded
+  bool dirty = false;                         // qemu-img's dirty-flag
+  std::optional<std::string> data_file;       // qcow2 external data file
+  // For volume.xml (as libvirt reports them).
+  std::optional<std::string> compat;          // "0.10", "1.1"
+  std::vector<std::string> features;          // "lazy_refcounts", "extended_l2"
+  // qemu-img's "format-specific" object ({"type":..., "data":{...}}), or null.
+  Json format_specific;
+  // Header facts that make the image unusable or suspicious, one line each
+  // (unknown incompatible bits, corrupt bit, ...). Shown in `problems`.
+  std::vector<std::string> problems;
+};
+
+// One image format. Implementations are stateless and thread-safe.
+class FormatDriver {
+ public:
+  virtual ~FormatDriver() = default;
+  // Returns the format's name as qemu and libvirt spell it ("qcow2").
+  virtual std::string_view Name() const = 0;
+  // Scores how surely `head` (the first min(kProbeBytes, file_size) bytes)
+  // is this format: 0 = not it, 100 = certain. Never reads past head.
+  virtual int Probe(std::span<const uint8_t> head, uint64_t file_size) const = 0;
+  // Parses the image's metadata through `r`. Every offset and length read
+  // from the image is bounds-checked; bad headers give kCorrupt or
+  // kUnsupported with a one-line message, never a crash.
+  virtual Result<ImageMeta> Parse(const Reader& r) const = 0;
+};
+
+// Returns every registered driver, raw last.
+const std::vector<const FormatDriver*>& AllDrivers();
+// Returns the driver for `name`, or nullptr if the name is not a known format.
+const FormatDriver* FindDriver(std::string_view name);
+// Returns the driver whose Probe scores highest for `r` (raw if none match).
+// Reads at most kProbeBytes. Errors only if reading fails.
+Result<const FormatDriver*> ProbeFormat(const Reader& r);
+
+}  // namespace chainfs::core

@@ -1,0 +1,260 @@
+// chainctl: the chain engine on the command line (DESIGN section 7). Every
+// document it prints comes from core's renderers, so it matches the mount.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "core/chain/inspector.h"
+#include "core/chain/resolver.h"
+#include "core/pool/catalog.h"
+#include "core/render/render.h"
+
+namespace chainfs::tools {
+namespace {
+
+using core::Chain;
+
+constexpr int kExitOk = 0;
+constexpr int kExitProblems = 1;  // `check` found problems
+constexpr int kExitError = 2;     // usage error or the image cannot be read
+
+constexpr const char* kUsage =
+    "Usage: chainctl [--pool-dir DIR] [--pool NAME=PATH]... COMMAND [ARGS]\n"
+    "\n"
+    "Inspect disk images and their backing chains the way libvirt resolves them.\n"
+    "\n"
+    "Commands:\n"
+    "  info [--json] IMAGE      the whole chain, as qemu-img info --backing-chain\n"
+    "  chain IMAGE              one line per element: index, format, path\n"
+    "  check IMAGE              problems with their fixes; exit 0 healthy, 1 problems\n"
+    "  xml volume|disk IMAGE    the volume as virsh vol-dumpxml, or a domain <disk>\n"
+    "  pools                    pools, their paths and volume counts\n"
+    "\n"
+    "Options:\n"
+    "  --pool-dir DIR     read libvirt pool definitions from DIR\n"
+    "                     (default /etc/libvirt/storage)\n"
+    "  --pool NAME=PATH   add an ad-hoc dir pool (repeatable)\n"
+    "  -h, --help         show this help\n"
+    "  --version          show the version\n"
+    "\n"
+    "Exit status: 0 success, 1 problems found (check), 2 error.\n"
+    "See chainctl(1).\n";
+
+// The state every command shares: the pools (for phrasing fixes as file
+// operations in the mount) and the inspector.
+struct Context {
+  core::PoolCatalog catalog;
+  core::ImageInspector inspector;
+};
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "chainctl: %s\nTry 'chainctl --help' for more information.\n",
+               message.c_str());
+  return kExitError;
+}
+
+// Makes `path` absolute against the working directory (no symlink resolution,
+// like qemu-img, so that the names shown are the ones the user gave).
+std::string Absolute(const std::string& path) {
+  if (!path.empty() && path[0] == '/') return path;
+  std::vector<char> buf(4096);
+  if (!::getcwd(buf.data(), buf.size())) return path;
+  std::string cwd(buf.data());
+  return cwd == "/" ? "/" + path : cwd + "/" + path;
+}
+
+// Resolves IMAGE's chain; reports an unreadable top image as an error.
+bool ResolveTop(Context& ctx, const std::string& image, Chain* out) {
+  std::string path = Absolute(image);
+  core::Result<core::FileStat> st = core::StatPath(path);
+  if (!st.ok()) {
+    std::fprintf(stderr, "chainctl: %s\n", st.status().message().c_str());
+    return false;
+  }
+  core::ResolveOptions opts;
+  opts.locate = ctx.catalog.MakeLocator();
+  *out = core::ResolveChain(ctx.inspector, path, opts);
+  return true;
+}
+
+bool WriteOut(const std::string& text) {
+  if (std::fwrite(text.data(), 1, text.size(), stdout) != text.size() || std::fflush(stdout) != 0) {
+    std::fprintf(stderr, "chainctl: write error: %s\n", std::strerror(errno));
+    return false;
+  }
+  return true;
+}
+
+int CmdInfo(Context& ctx, const std::vector<std::string>& args) {
+  bool json = false;
+  std::string image;
+  for (const std::string& a : args) {
+    if (a == "--json" || a == "--output=json") {
+      json = true;
+    } else if (!a.empty() && a[0] == '-' && a != "-") {
+      return UsageError("info: unknown option '" + a + "'");
+    } else if (image.empty()) {
+      image = a;
+    } else {
+      return UsageError("info: too many arguments");
+    }
+  }
+  if (image.empty()) return UsageError("info: missing IMAGE");
+  Chain chain;
+  if (!ResolveTop(ctx, image, &chain)) return kExitError;
+  return WriteOut(json ? core::RenderInfoJson(chain) : core::RenderInfoText(chain)) ? kExitOk
+                                                                                    : kExitError;
+}
+
+int CmdOneImage(Context& ctx, const std::string& name, const std::vector<std::string>& args,
+                Chain* chain) {
+  if (args.size() != 1) return UsageError(name + ": expected exactly one IMAGE");
+  if (!args[0].empty() && args[0][0] == '-') return UsageError(name + ": unknown option '" + args[0] + "'");
+  return ResolveTop(ctx, args[0], chain) ? kExitOk : kExitError;
+}
+
+int CmdChain(Context& ctx, const std::vector<std::string>& args) {
+  Chain chain;
+  if (int rc = CmdOneImage(ctx, "chain", args, &chain); rc != kExitOk) return rc;
+  return WriteOut(core::RenderChainList(chain)) ? kExitOk : kExitError;
+}
+
+int CmdCheck(Context& ctx, const std::vector<std::string>& args) {
+  Chain chain;
+  if (int rc = CmdOneImage(ctx, "check", args, &chain); rc != kExitOk) return rc;
+  if (!WriteOut(core::RenderProblems(chain))) return kExitError;
+  return chain.healthy() ? kExitOk : kExitProblems;
+}
+
+int CmdXml(Context& ctx, const std::vector<std::string>& args) {
+  if (args.empty()) return UsageError("xml: expected 'volume' or 'disk'");
+  std::string kind = args[0];
+  if (kind != "volume" && kind != "disk") return UsageError("xml: unknown document '" + kind + "'");
+  Chain chain;
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (int rc = CmdOneImage(ctx, "xml " + kind, rest, &chain); rc != kExitOk) return rc;
+  if (!chain.elements.empty() && !chain.elements[0].meta) {
+    std::fprintf(stderr, "chainctl: %s\n",
+                 chain.problems.empty() ? "cannot read image" : chain.problems[0].message.c_str());
+    return kExitError;
+  }
+  return WriteOut(kind == "volume" ? core::RenderVolumeXml(chain) : core::RenderDiskXml(chain))
+             ? kExitOk
+             : kExitError;
+}
+
+int CmdPools(Context& ctx, const std::vector<std::string>& args) {
+  if (!args.empty()) return UsageError("pools: unexpected argument '" + args[0] + "'");
+  std::string out;
+  for (const core::PoolDef& pool : ctx.catalog.Pools()) {
+    if (!pool.Browsable()) {
+      out += fmt::format("{}\t{}\t-\tnot browsable (type {})\n", pool.name,
+                         pool.target_path.empty() ? "-" : pool.target_path, pool.type);
+      continue;
+    }
+    std::shared_ptr<const core::PoolScan> scan = ctx.catalog.Scan(pool.name);
+    if (!scan || !scan->status.ok()) {
+      out += fmt::format("{}\t{}\t-\t{}\n", pool.name, pool.target_path,
+                         scan ? scan->status.message() : "cannot scan");
+      continue;
+    }
+    out += fmt::format("{}\t{}\t{}\n", pool.name, pool.target_path, scan->volumes.size());
+  }
+  return WriteOut(out) ? kExitOk : kExitError;
+}
+
+int Main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  core::PoolSources sources;
+  size_t i = 0;
+  // Global options come before the command; `pools` also takes --pool-dir after it.
+  auto take_global = [&](std::vector<std::string>& list, size_t& k, std::string* error) -> bool {
+    const std::string& a = list[k];
+    auto value = [&](const std::string& flag) -> std::optional<std::string> {
+      if (a.rfind(flag + "=", 0) == 0) return a.substr(flag.size() + 1);
+      if (a == flag) {
+        if (k + 1 >= list.size()) {
+          *error = flag + " needs a value";
+          return std::nullopt;
+        }
+        return list[++k];
+      }
+      return std::nullopt;
+    };
+    if (a.rfind("--pool-dir", 0) == 0) {
+      if (auto v = value("--pool-dir")) {
+        sources.pool_dir = *v;
+        return true;
+      }
+    } else if (a.rfind("--pool", 0) == 0) {
+      if (auto v = value("--pool")) {
+        sources.pool_specs.push_back(*v);
+        return true;
+      }
+    }
+    return false;
+  };
+  std::string error;
+  for (; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "-h" || a == "--help") {
+      std::fputs(kUsage, stdout);
+      return kExitOk;
+    }
+    if (a == "--version") {
+      std::printf("chainctl %s\n", CHAINFS_VERSION);
+      return kExitOk;
+    }
+    if (take_global(args, i, &error)) continue;
+    if (!error.empty()) return UsageError(error);
+    if (!a.empty() && a[0] == '-') return UsageError("unknown option '" + a + "'");
+    break;
+  }
+  if (i >= args.size()) return UsageError("missing COMMAND");
+  std::string command = args[i];
+  std::vector<std::string> rest;
+  for (size_t k = i + 1; k < args.size(); ++k) {
+    if (args[k] == "-h" || args[k] == "--help") {
+      std::fputs(kUsage, stdout);
+      return kExitOk;
+    }
+    if (take_global(args, k, &error)) continue;
+    if (!error.empty()) return UsageError(error);
+    rest.push_back(args[k]);
+  }
+
+  Context ctx;
+  core::Result<core::PoolLoad> load = core::PoolCatalog::LoadPools(sources);
+  if (!load.ok()) return UsageError(load.status().message());
+  // A missing default pool folder is normal on a host without libvirt; say
+  // nothing unless the user named the folder.
+  if (sources.pool_dir || command == "pools") {
+    for (const std::string& line : load->skipped) std::fprintf(stderr, "chainctl: skipped %s\n", line.c_str());
+  }
+  ctx.catalog.SetPools(std::move(load->pools));
+
+  if (command == "info") return CmdInfo(ctx, rest);
+  if (command == "chain") return CmdChain(ctx, rest);
+  if (command == "check") return CmdCheck(ctx, rest);
+  if (command == "xml") return CmdXml(ctx, rest);
+  if (command == "pools") return CmdPools(ctx, rest);
+  return UsageError("unknown command '" + command + "'");
+}
+
+}  // namespace
+}  // namespace chainfs::tools
+
+int main(int argc, char** argv) {
+  try {
+    return chainfs::tools::Main(argc, argv);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "chainctl: out of memory\n");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "chainctl: %s\n", e.what());
+  }
+  return 2;
+}
