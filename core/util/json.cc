@@ -187,7 +187,7 @@ class Parser {
   }
 
   Result<Json> ParseValue(int depth) {
-    if (depth > kMaxJsonDepth) return Fail("nesting too deep");
+    if (depth >= kMaxJsonDepth) return Fail("nesting too deep");
     SkipWs();
     if (pos_ >= t_.size()) return Fail("unexpected end");
     char c = t_[pos_];

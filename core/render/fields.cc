@@ -1,0 +1,49 @@
+// `problems`, `chainctl chain` and the one-value element files.
+#include <fmt/format.h>
+
+#include <string>
+
+#include "core/render/render.h"
+#include "core/render/render_util.h"
+
+namespace chainfs::core {
+
+std::string RenderProblems(const Chain& chain) {
+  std::string out;
+  for (const Problem& p : chain.problems) {
+    out += fmt::format("{}: {}", p.index, p.message);
+    if (!p.fix.empty()) out += fmt::format(" -- fix: {}", p.fix);
+    out += '\n';
+  }
+  return out;
+}
+
+std::string RenderChainList(const Chain& chain) {
+  std::string out;
+  for (const ChainElement& element : chain.elements) {
+    std::string format = render_internal::ElementFormat(element);
+    out += fmt::format("{} {} {}\n", element.index, format.empty() ? "?" : format, element.path);
+  }
+  return out;
+}
+
+std::string RenderElementField(const ChainElement& element, std::string_view field) {
+  auto line = [](std::string_view value) { return std::string(value) + "\n"; };
+  if (field == "path") return line(element.path);
+  if (field == "format") {
+    std::string format = render_internal::ElementFormat(element);
+    return format.empty() ? "" : line(format);
+  }
+  if (field == "allocation") {
+    return element.stat ? line(fmt::format("{}", element.stat->allocation)) : "";
+  }
+  // The rest comes from the image's own header: unknown when it was not read.
+  if (!element.meta) return "";
+  const ImageMeta& meta = *element.meta;
+  if (field == "backing") return meta.backing ? line(*meta.backing) : "";
+  if (field == "backing_format") return meta.backing_format ? line(*meta.backing_format) : "";
+  if (field == "capacity") return line(fmt::format("{}", meta.virtual_size));
+  return "";
+}
+
+}  // namespace chainfs::core

@@ -1,0 +1,55 @@
+// Renderers: every document the mount serves and chainctl prints comes from
+// here, so both are byte-identical (DESIGN section 5). All are pure functions
+// of their arguments and thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/chain/chain.h"
+#include "core/pool/pool_def.h"
+#include "core/util/json.h"
+
+namespace chainfs::core {
+
+// `info`: the whole chain, qemu-img info --backing-chain style (one block per
+// element, separated by a blank line), then "Problems:" and the problem
+// lines when there are any.
+std::string RenderInfoText(const Chain& chain);
+
+// `info.json`: a JSON array, top to base, with qemu-img's key names.
+Json InfoJson(const Chain& chain);
+// Renders InfoJson with 4-space indentation and a final newline.
+std::string RenderInfoJson(const Chain& chain);
+
+// `problems`: "" when healthy; else "<index>: <message> -- fix: <fix>\n" per
+// problem (" -- fix: ..." left out when a problem has no fix).
+std::string RenderProblems(const Chain& chain);
+
+// `volume.xml`: as `virsh vol-dumpxml` (element 0, one-level backingStore).
+std::string RenderVolumeXml(const Chain& chain);
+
+// `disk.xml`: a domain <disk> with nested <backingStore index='N'> for every
+// element, closed by an empty <backingStore/> when the chain is complete.
+std::string RenderDiskXml(const Chain& chain);
+
+// `chainctl chain`: one line per element: "index format path".
+std::string RenderChainList(const Chain& chain);
+
+// Sizes of a pool's filesystem, from statvfs.
+struct PoolSpace {
+  uint64_t capacity = 0;   // f_frsize * f_blocks
+  uint64_t available = 0;  // f_bfree * f_frsize
+};
+// Reads statvfs of the pool's target path; zeros when it cannot be read.
+PoolSpace StatPoolSpace(const PoolDef& pool);
+// `.pool.xml`: as `virsh pool-dumpxml` (allocation = capacity - available).
+// Target permissions follow the target directory's stat.
+std::string RenderPoolXml(const PoolDef& pool, const PoolSpace& space);
+
+// Per-element one-value files ("format", "backing", "backing_format",
+// "capacity", "allocation", "path"): the value and a newline, "" for an
+// absent backing or backing format. Unknown field names give "".
+std::string RenderElementField(const ChainElement& element, std::string_view field);
+
+}  // namespace chainfs::core

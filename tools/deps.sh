@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what chainfs needs to build and test, from Debian 12's packages.
+# Installs only what is missing; needs root (or sudo) when something is.
+set -euo pipefail
+
+packages=(g++ cmake make pkg-config libfmt-dev libpugixml-dev libboost-dev libfuse3-dev fuse3
+          libgtest-dev qemu-utils libvirt0 libxml2-utils jq groff-base man-db util-linux
+          e2fsprogs procps zlib1g-dev libzstd-dev)
+# qemu-storage-daemon (in-use tests hold an image open with it).
+packages+=(qemu-system-common)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "deps: installing ${missing[*]}" >&2
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
