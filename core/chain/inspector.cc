@@ -16,7 +16,7 @@ Result<std::shared_ptr<const Inspection>> ImageInspector::Inspect(const std::str
     return Error(Code::kUnsupported, "'{}' is neither a regular file nor a block device", path);
   }
   auto key_of = [&](const FileIdentity& id) {
-    return Key{id.dev, id.ino, id.size, id.mtime_ns, id.ctime_ns, std::string(format)};
+    return Key{id.dev, id.ino, id.size, id.mtime_ns, id.ctime_ns, std::string(format), path};
   };
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -43,6 +43,7 @@ Result<std::shared_ptr<const Inspection>> ImageInspector::Inspect(const std::str
   insp->format = std::string(driver->Name());
   Result<ImageMeta> meta = driver->Parse(*file);
   if (meta.ok()) {
+    driver->AttachPath(*meta, path);
     insp->meta = std::make_shared<const ImageMeta>(std::move(*meta));
   } else {
     insp->parse_status = meta.status();

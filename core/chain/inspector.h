@@ -51,7 +51,9 @@ class ImageInspector {
   InspectorStats stats() const;
 
  private:
-  using Key = std::tuple<uint64_t, uint64_t, uint64_t, int64_t, int64_t, std::string>;
+  // File identity, format, and the path (drivers complete path-dependent
+  // fields such as vmdk extent names for the path the image was opened as).
+  using Key = std::tuple<uint64_t, uint64_t, uint64_t, int64_t, int64_t, std::string, std::string>;
   size_t max_entries_;
   mutable std::mutex mu_;
   std::map<Key, std::shared_ptr<const Inspection>> cache_;  // guarded by mu_

@@ -55,6 +55,9 @@ class FormatDriver {
   // from the image is bounds-checked; bad headers give kCorrupt or
   // kUnsupported with a one-line message, never a crash.
   virtual Result<ImageMeta> Parse(const Reader& r) const = 0;
+  // Completes path-dependent fields of `meta` for an image opened as
+  // `image_path` (Parse never sees paths). Default: nothing to do.
+  virtual void AttachPath(ImageMeta& /*meta*/, std::string_view /*image_path*/) const {}
 };
 
 // Returns every registered driver, raw last.

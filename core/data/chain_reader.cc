@@ -1,0 +1,232 @@
+#include "core/data/chain_reader.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace chainfs::core {
+namespace {
+
+Code CodeForProblem(ProblemKind kind) {
+  switch (kind) {
+    case ProblemKind::kMissingBackingFile:
+      return Code::kNotFound;
+    case ProblemKind::kUnreadable:
+      return Code::kPermissionDenied;
+    case ProblemKind::kMissingBackingFormat:
+    case ProblemKind::kUnknownFormat:
+    case ProblemKind::kUnsupported:
+      return Code::kUnsupported;
+    default:
+      return Code::kCorrupt;
+  }
+}
+
+bool Mergeable(const MapExtent& a, const MapExtent& b) {
+  if (a.length == 0) return false;
+  if (a.depth != b.depth || a.present != b.present || a.zero != b.zero || a.data != b.data ||
+      a.compressed != b.compressed || a.offset.has_value() != b.offset.has_value() ||
+      a.file != b.file) {
+    return false;
+  }
+  return !a.offset || *a.offset + a.length == *b.offset;
+}
+
+}  // namespace
+
+ChainReader::ChainReader(std::vector<std::unique_ptr<ImageReader>> images)
+    : images_(std::move(images)) {}
+
+Result<std::unique_ptr<ChainReader>> ChainReader::Open(const Chain& chain,
+                                                       const ChainReaderOptions& options) {
+  if (chain.elements.empty()) return Error(Code::kInvalidArgument, "empty chain");
+  for (const Problem& p : chain.problems) {
+    // Problems that stopped the walk make the content unknowable; others
+    // (e.g. a dirty flag) do not matter to reading.
+    if (p.kind == ProblemKind::kHeader && chain.complete) continue;
+    return Error(CodeForProblem(p.kind), "chain element {}: {}", p.index, p.message);
+  }
+  if (!chain.complete) {
+    return Error(Code::kCorrupt, "the chain of '{}' could not be walked to its base",
+                 chain.elements.front().path);
+  }
+  std::vector<std::unique_ptr<ImageReader>> images;
+  for (const ChainElement& e : chain.elements) {
+    Result<std::unique_ptr<ImageReader>> r = OpenImageReader(e, options.l2_cache_max_bytes);
+    if (!r.ok()) return r.status();
+    images.push_back(std::move(*r));
+  }
+  return std::unique_ptr<ChainReader>(new ChainReader(std::move(images)));
+}
+
+Result<std::unique_ptr<ChainReader>> ChainReader::FromImages(
+    std::vector<std::unique_ptr<ImageReader>> images) {
+  if (images.empty()) return Error(Code::kInvalidArgument, "empty chain");
+  for (const auto& i : images) {
+    if (!i) return Error(Code::kInvalidArgument, "null image reader");
+  }
+  return std::unique_ptr<ChainReader>(new ChainReader(std::move(images)));
+}
+
+uint64_t ChainReader::Size() const { return images_.front()->Size(); }
+
+Status ChainReader::ReadFrom(size_t depth, uint64_t offset, std::span<uint8_t> out) const {
+  const ImageReader& img = *images_[depth];
+  const uint64_t size = img.Size();
+  size_t pos = 0;
+  while (pos < out.size()) {
+    const uint64_t at = offset + pos;
+    if (at >= size) {  // past the end of this image: zeros
+      std::memset(out.data() + pos, 0, out.size() - pos);
+      break;
+    }
+    Result<BlockStatus> st = img.GetStatus(at, out.size() - pos, /*want_zero=*/false);
+    if (!st.ok()) return st.status();
+    const size_t n = size_t(std::min<uint64_t>(st->length, out.size() - pos));
+    if (n == 0) return Error(Code::kCorrupt, "no progress reading at guest offset {}", at);
+    std::span<uint8_t> part = out.subspan(pos, n);
+    switch (st->allocation) {
+      case Allocation::kData:
+        CHAINFS_RETURN_IF_ERROR(img.ReadData(at, *st, part));
+        break;
+      case Allocation::kZero:
+        std::memset(part.data(), 0, part.size());
+        break;
+      case Allocation::kUnallocated:
+        if (depth + 1 < images_.size()) {
+          CHAINFS_RETURN_IF_ERROR(ReadFrom(depth + 1, at, part));
+        } else {
+          std::memset(part.data(), 0, part.size());
+        }
+        break;
+    }
+    pos += n;
+  }
+  return Status::Ok();
+}
+
+Result<size_t> ChainReader::Read(uint64_t offset, std::span<uint8_t> out) const {
+  const uint64_t size = Size();
+  if (offset >= size || out.empty()) return size_t{0};
+  const size_t n = size_t(std::min<uint64_t>(out.size(), size - offset));
+  CHAINFS_RETURN_IF_ERROR(ReadFrom(0, offset, out.first(n)));
+  return n;
+}
+
+Status ChainReader::ReadStream(uint64_t offset, uint64_t length, const Sink& sink,
+                               size_t chunk_bytes) const {
+  const uint64_t size = Size();
+  if (offset >= size) return Status::Ok();
+  const uint64_t end = offset + std::min(length, size - offset);
+  chunk_bytes = std::max<size_t>(chunk_bytes, 4096);
+  std::vector<uint8_t> buf(size_t(std::min<uint64_t>(chunk_bytes, end - offset)));
+  for (uint64_t pos = offset; pos < end;) {
+    const size_t n = size_t(std::min<uint64_t>(buf.size(), end - pos));
+    Result<size_t> got = Read(pos, std::span<uint8_t>(buf.data(), n));
+    if (!got.ok()) return got.status();
+    if (*got == 0) break;
+    CHAINFS_RETURN_IF_ERROR(sink(pos, std::span<const uint8_t>(buf.data(), *got)));
+    pos += *got;
+  }
+  return Status::Ok();
+}
+
+Result<MapExtent> ChainReader::MapOne(uint64_t offset, uint64_t length) const {
+  size_t depth = 0;
+  for (;;) {
+    const ImageReader& img = *images_[depth];
+    Result<BlockStatus> st = img.GetStatus(offset, length, /*want_zero=*/true);
+    if (!st.ok()) return st.status();
+    if (st->length == 0) {
+      return Error(Code::kCorrupt, "no progress mapping guest offset {}", offset);
+    }
+    MapExtent e;
+    e.start = offset;
+    e.length = std::min(st->length, length);
+    e.depth = int(depth);
+    e.offset = st->host_offset;
+    if (e.offset) e.file = img.HostPath(st->in_data_file);
+    if (st->allocation != Allocation::kUnallocated) {
+      e.present = true;
+      e.zero = st->allocation == Allocation::kZero;
+      e.data = st->allocation == Allocation::kData;
+      e.compressed = st->compressed;
+      return e;
+    }
+    // Unallocated here: zeros if there is no backing or it ends before
+    // `offset` (qemu adds BDRV_BLOCK_ZERO at this depth), else ask it.
+    const bool last = depth + 1 == images_.size();
+    if (last || offset >= images_[depth + 1]->Size()) {
+      e.zero = true;
+      return e;
+    }
+    length = std::min(e.length, images_[depth + 1]->Size() - offset);
+    ++depth;
+  }
+}
+
+Status ChainReader::MapStream(uint64_t offset, uint64_t length,
+                              const std::function<Status(const MapExtent&)>& emit) const {
+  const uint64_t size = Size();
+  if (offset >= size) return Status::Ok();
+  const uint64_t end = offset + std::min(length, size - offset);
+  MapExtent cur;
+  cur.start = offset;
+  for (uint64_t pos = offset; pos < end;) {
+    Result<MapExtent> next = MapOne(pos, end - pos);
+    if (!next.ok()) return next.status();
+    pos += next->length;
+    if (Mergeable(cur, *next)) {
+      cur.length += next->length;
+      continue;
+    }
+    if (cur.length > 0) CHAINFS_RETURN_IF_ERROR(emit(cur));
+    cur = std::move(*next);
+  }
+  if (cur.length > 0) CHAINFS_RETURN_IF_ERROR(emit(cur));
+  return Status::Ok();
+}
+
+Result<std::vector<MapExtent>> ChainReader::Map(uint64_t offset, uint64_t length) const {
+  std::vector<MapExtent> out;
+  Status s = MapStream(offset, length, [&out](const MapExtent& e) {
+    out.push_back(e);
+    return Status::Ok();
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
+std::string MapToJson(const std::vector<MapExtent>& extents) {
+  std::string out = "[";
+  for (size_t i = 0; i < extents.size(); ++i) {
+    const MapExtent& e = extents[i];
+    out += fmt::format(R"({{ "start": {}, "length": {}, "depth": {}, "present": {}, "zero": {}, "data": {})",
+                       e.start, e.length, e.depth, e.present, e.zero, e.data);
+    if (e.offset) out += fmt::format(R"(, "offset": {})", *e.offset);
+    out += "}";
+    if (i + 1 < extents.size()) out += ",\n";
+  }
+  out += "]\n";
+  return out;
+}
+
+Result<std::string> MapToHuman(const std::vector<MapExtent>& extents) {
+  // qemu-img prints only ranges of stored data; it folds every other range
+  // into "zero" before merging, which never changes the printed lines, so the
+  // JSON extents filtered to data give the same output.
+  auto hex = [](uint64_t v) { return v == 0 ? std::string("0") : fmt::format("{:#x}", v); };
+  std::string out = fmt::format("{:<16}{:<16}{:<16}{}\n", "Offset", "Length", "Mapped to", "File");
+  for (size_t i = 0; i < extents.size(); ++i) {
+    const MapExtent& e = extents[i];
+    if (e.data && !e.offset && (i == 0 || !e.zero)) {
+      return Error(Code::kUnsupported, "File contains external, encrypted or compressed clusters.");
+    }
+    if (e.data && !e.zero) {
+      out += fmt::format("{:<16}{:<16}{:<16}{}\n", hex(e.start), hex(e.length),
+                         hex(e.offset.value_or(0)), e.file);
+    }
+  }
+  return out;
+}
+
+}  // namespace chainfs::core

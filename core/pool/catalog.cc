@@ -1,0 +1,283 @@
+#include "core/pool/catalog.h"
+
+#include <time.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "core/chain/backing_ref.h"
+
+namespace chainfs::core {
+
+namespace {
+
+// A directory whose mtime is this close to "now" may still change within the
+// same timestamp tick, so a scan of it is not trusted for reuse.
+constexpr int64_t kRacyWindowNs = 1'000'000'000;
+
+int64_t NowRealtimeNs() {
+  struct timespec ts {};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+std::pair<std::string, std::string> SplitDirBase(const std::string& norm) {
+  size_t slash = norm.rfind('/');
+  if (slash == std::string::npos) return {"", norm};
+  if (slash == 0) return {"/", norm.substr(1)};
+  return {norm.substr(0, slash), norm.substr(slash + 1)};
+}
+
+const VolumeEntry* FindByName(const PoolScan& scan, const std::string& name) {
+  auto it = std::lower_bound(scan.volumes.begin(), scan.volumes.end(), name,
+                             [](const VolumeEntry& v, const std::string& n) { return v.name < n; });
+  if (it == scan.volumes.end() || it->name != name) return nullptr;
+  return &*it;
+}
+
+}  // namespace
+
+std::string NormalizePathLexically(std::string_view path) {
+  std::string out;
+  out.reserve(path.size());
+  size_t i = 0;
+  bool absolute = !path.empty() && path[0] == '/';
+  std::vector<std::string_view> parts;
+  while (i < path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string_view::npos) j = path.size();
+    std::string_view part = path.substr(i, j - i);
+    if (!part.empty() && part != ".") parts.push_back(part);
+    i = j + 1;
+  }
+  if (absolute) out = "/";
+  for (size_t k = 0; k < parts.size(); ++k) {
+    if (k > 0) out += '/';
+    out += parts[k];
+  }
+  if (out.empty()) out = absolute ? "/" : ".";
+  return out;
+}
+
+Result<PoolLoad> PoolCatalog::LoadPools(const PoolSources& sources) {
+  PoolLoad load;
+  std::string dir;
+  if (sources.pool_dir) {
+    dir = *sources.pool_dir;
+  } else if (sources.pool_specs.empty()) {
+    dir = kDefaultPoolDir;
+  }
+  if (!dir.empty()) load = LoadPoolDir(dir);
+  for (const std::string& spec : sources.pool_specs) {
+    Result<PoolDef> def = PoolFromSpec(spec);
+    if (!def.ok()) {
+      return Error(Code::kInvalidArgument, "--pool {}: {}", spec, def.status().message());
+    }
+    auto same = std::find_if(load.pools.begin(), load.pools.end(),
+                             [&](const PoolDef& p) { return p.name == def->name; });
+    if (same != load.pools.end()) {
+      load.skipped.push_back(fmt::format("{}: pool '{}' replaced by --pool {}", same->origin,
+                                         same->name, spec));
+      *same = std::move(def).value();
+    } else {
+      load.pools.push_back(std::move(def).value());
+    }
+  }
+  std::sort(load.pools.begin(), load.pools.end(),
+            [](const PoolDef& a, const PoolDef& b) { return a.name < b.name; });
+  return load;
+}
+
+void PoolCatalog::SetPools(std::vector<PoolDef> pools) {
+  std::map<std::string, Entry> fresh;
+  for (PoolDef& def : pools) {
+    std::string name = def.name;
+    Entry entry;
+    entry.def = std::move(def);
+    fresh.emplace(std::move(name), std::move(entry));  // first definition wins
+  }
+  std::map<std::string, Entry> old;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    old.swap(pools_);
+    pools_.swap(fresh);
+    ++generation_;
+    for (auto& [name, entry] : pools_) entry.scan_generation = generation_;
+  }
+  // `old` (and any scans it holds) is destroyed here, outside the lock.
+}
+
+std::vector<PoolDef> PoolCatalog::Pools() const {
+  std::vector<PoolDef> out;
+  std::lock_guard<std::mutex> lock(mu_);
+  out.reserve(pools_.size());
+  for (const auto& [name, entry] : pools_) out.push_back(entry.def);
+  return out;
+}
+
+std::optional<PoolDef> PoolCatalog::FindPool(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = pools_.find(name);
+  if (it == pools_.end()) return std::nullopt;
+  return it->second.def;
+}
+
+uint64_t PoolCatalog::generation() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return generation_;
+}
+
+std::shared_ptr<const PoolScan> PoolCatalog::Scan(const std::string& name) {
+  PoolDef def;
+  uint64_t gen = 0;
+  std::shared_ptr<const PoolScan> cached;
+  std::optional<FileIdentity> cached_dir;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pools_.find(name);
+    if (it == pools_.end() || !it->second.def.Browsable()) return nullptr;
+    def = it->second.def;
+    gen = it->second.scan_generation;
+    cached = it->second.scan;
+    cached_dir = it->second.dir_id;
+  }
+  Result<FileStat> dir = StatPath(def.target_path);
+  if (cached && dir.ok() && cached_dir && *cached_dir == dir->id) return cached;
+
+  int64_t started = NowRealtimeNs();
+  auto scan = std::make_shared<const PoolScan>(ScanPool(def));
+  // Only reuse this scan later if the directory was already quiet when the
+  // scan started; otherwise a change in the same timestamp tick could hide.
+  std::optional<FileIdentity> dir_id;
+  if (dir.ok() && started - dir->id.mtime_ns > kRacyWindowNs &&
+      started - dir->id.ctime_ns > kRacyWindowNs) {
+    dir_id = dir->id;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pools_.find(name);
+    if (it != pools_.end() && it->second.scan_generation == gen) {
+      cached.swap(it->second.scan);  // old scan released after unlock
+      it->second.scan = scan;
+      it->second.dir_id = dir_id;
+    }
+  }
+  return scan;
+}
+
+std::optional<VolumeEntry> PoolCatalog::FindVolume(const std::string& pool,
+                                                   const std::string& volume) {
+  std::shared_ptr<const PoolScan> scan = Scan(pool);
+  if (!scan) return std::nullopt;
+  const VolumeEntry* entry = FindByName(*scan, volume);
+  if (!entry) return std::nullopt;
+  return *entry;
+}
+
+void PoolCatalog::Invalidate(const std::string& name) {
+  std::shared_ptr<const PoolScan> dropped;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = pools_.find(name);
+  if (it == pools_.end()) return;
+  ++generation_;
+  it->second.scan_generation = generation_;
+  dropped.swap(it->second.scan);
+  it->second.dir_id.reset();
+}
+
+void PoolCatalog::InvalidateAll() {
+  std::vector<std::shared_ptr<const PoolScan>> dropped;
+  std::lock_guard<std::mutex> lock(mu_);
+  ++generation_;
+  for (auto& [name, entry] : pools_) {
+    entry.scan_generation = generation_;
+    dropped.push_back(std::move(entry.scan));
+    entry.scan.reset();
+    entry.dir_id.reset();
+  }
+}
+
+std::vector<std::pair<std::string, std::shared_ptr<const PoolScan>>> PoolCatalog::AllScans() {
+  std::vector<std::string> names;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [name, entry] : pools_) {
+      if (entry.def.Browsable()) names.push_back(name);
+    }
+  }
+  std::vector<std::pair<std::string, std::shared_ptr<const PoolScan>>> out;
+  for (const std::string& name : names) {
+    std::shared_ptr<const PoolScan> scan = Scan(name);
+    if (scan) out.emplace_back(name, std::move(scan));
+  }
+  return out;
+}
+
+std::optional<std::string> PoolCatalog::Locate(const std::string& abs_path) {
+  std::string norm = NormalizePathLexically(abs_path);
+  auto [dir, base] = SplitDirBase(norm);
+  std::vector<std::string> by_dir;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [name, entry] : pools_) {
+      if (entry.def.Browsable() && NormalizePathLexically(entry.def.target_path) == dir) {
+        by_dir.push_back(name);
+      }
+    }
+  }
+  for (const std::string& pool : by_dir) {
+    std::shared_ptr<const PoolScan> scan = Scan(pool);
+    if (scan && FindByName(*scan, base)) return pool + "/" + base;
+  }
+  Result<FileStat> st = StatPath(norm);
+  if (!st.ok()) return std::nullopt;
+  for (const auto& [pool, scan] : AllScans()) {
+    for (const VolumeEntry& v : scan->volumes) {
+      if (v.stat.id.dev == st->id.dev && v.stat.id.ino == st->id.ino) return pool + "/" + v.name;
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> PoolCatalog::RecordedFormat(const std::string& abs_path,
+                                                       ImageInspector& inspector) {
+  std::string norm = NormalizePathLexically(abs_path);
+  Result<FileStat> target = StatPath(norm);
+  for (const auto& [pool, scan] : AllScans()) {
+    for (const VolumeEntry& v : scan->volumes) {
+      if (NormalizePathLexically(v.path) == norm) continue;  // not "another image"
+      auto inspection = inspector.Inspect(v.path);
+      if (!inspection.ok()) continue;
+      const std::shared_ptr<const ImageMeta>& meta = (*inspection)->meta;
+      if (!meta || !meta->backing || !meta->backing_format || meta->backing_format->empty()) {
+        continue;
+      }
+      Result<BackingRef> ref = ClassifyBacking(*meta->backing, v.path);
+      if (!ref.ok() || ref->resolved_path.empty()) continue;
+      bool local = ref->IsLocal() || (ref->network && ref->network->driver == "file");
+      if (!local) continue;
+      bool same = NormalizePathLexically(ref->resolved_path) == norm;
+      if (!same && target.ok()) {
+        Result<FileStat> other = StatPath(ref->resolved_path);
+        same = other.ok() && other->id.dev == target->id.dev && other->id.ino == target->id.ino;
+      }
+      if (same) return *meta->backing_format;
+    }
+  }
+  return std::nullopt;
+}
+
+VolumeLocator PoolCatalog::MakeLocator() {
+  return [this](const std::string& path) { return Locate(path); };
+}
+
+TrustContext PoolCatalog::MakeTrustContext(ImageInspector& inspector) {
+  TrustContext context;
+  context.recorded_format = [this, &inspector](const std::string& path) {
+    return RecordedFormat(path, inspector);
+  };
+  context.in_pool = [this](const std::string& path) { return InPool(path); };
+  return context;
+}
+
+}  // namespace chainfs::core

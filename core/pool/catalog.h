@@ -1,0 +1,115 @@
+// PoolCatalog: the pools the mount (and chainctl) show, with a cached scan of
+// each pool's volumes, and the path -> "POOL/VOLUME" lookups that phrase
+// fixes as file operations and feed the trust rule (DESIGN section 3).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/chain/inspector.h"
+#include "core/chain/resolver.h"
+#include "core/chain/trust.h"
+#include "core/pool/pool_def.h"
+#include "core/pool/pool_scan.h"
+
+namespace chainfs::core {
+
+// The default folder of libvirt pool definitions.
+inline constexpr const char* kDefaultPoolDir = "/etc/libvirt/storage";
+
+// Where the pools come from: `--pool-dir DIR` and repeated `--pool NAME=PATH`.
+struct PoolSources {
+  // Folder of pool XML files. When unset, kDefaultPoolDir is read only if no
+  // --pool spec is given (so `--pool a=/x` alone shows exactly pool a).
+  std::optional<std::string> pool_dir;
+  std::vector<std::string> pool_specs;  // "NAME=PATH", in command-line order
+};
+
+// Holds the pool definitions and a cached ScanPool result per pool.
+//
+// Thread-safe: every method may be called from any thread. Lock order: mu_
+// only; it is never held during I/O (scans, stats, inspections run unlocked,
+// and a scan is stored only if the pool was not invalidated meanwhile).
+// A cached scan is also revalidated on every use by re-stating the pool's
+// target directory (dev, ino, mtime, ctime), so entries added, removed or
+// renamed show up even without an explicit Invalidate.
+class PoolCatalog {
+ public:
+  PoolCatalog() = default;
+  PoolCatalog(const PoolCatalog&) = delete;
+  PoolCatalog& operator=(const PoolCatalog&) = delete;
+
+  // Loads pool definitions from `sources`: the XML folder first, then each
+  // --pool spec (a spec replaces a folder pool of the same name, with a
+  // skipped line saying so). kInvalidArgument for a malformed spec; a
+  // missing folder or a bad XML file is only a skipped line.
+  static Result<PoolLoad> LoadPools(const PoolSources& sources);
+
+  // Replaces every pool definition (initial load, SIGHUP) and drops every
+  // cached scan.
+  void SetPools(std::vector<PoolDef> pools);
+  // Returns the current definitions, sorted by name.
+  std::vector<PoolDef> Pools() const;
+  // Returns the definition named `name`, if any.
+  std::optional<PoolDef> FindPool(const std::string& name) const;
+  // Bumps whenever definitions are replaced or a scan is invalidated; lets
+  // callers notice that something may have changed.
+  uint64_t generation() const;
+
+  // Returns the (cached) scan of pool `name`; nullptr if there is no such
+  // pool or it is not browsable. A pool whose directory cannot be read
+  // gives a scan with a non-ok status and no volumes.
+  std::shared_ptr<const PoolScan> Scan(const std::string& name);
+  // Finds volume `volume` of pool `pool` in the current scan.
+  std::optional<VolumeEntry> FindVolume(const std::string& pool, const std::string& volume);
+
+  // Drops the cached scan of one pool / of every pool.
+  void Invalidate(const std::string& name);
+  void InvalidateAll();
+
+  // Returns "POOL/VOLUME" when `abs_path` is a volume of a browsable pool:
+  // the directory part equals a pool's target path and the name is one of
+  // its volumes; otherwise the first volume (pools by name, volumes by
+  // name) with the same (dev, ino). nullopt when none.
+  std::optional<std::string> Locate(const std::string& abs_path);
+  // Returns true if `abs_path` is a volume of a browsable pool.
+  bool InPool(const std::string& abs_path) { return Locate(abs_path).has_value(); }
+
+  // Returns the backing format that some pool volume records for the file
+  // at `abs_path` (matched by resolved path, or by (dev, ino)); nullopt when
+  // no volume records one. Inspects volumes through `inspector` (cached).
+  std::optional<std::string> RecordedFormat(const std::string& abs_path,
+                                            ImageInspector& inspector);
+
+  // Builds a VolumeLocator calling Locate. The catalog must outlive it.
+  VolumeLocator MakeLocator();
+  // Builds a TrustContext over RecordedFormat and InPool. The catalog and
+  // `inspector` must outlive it.
+  TrustContext MakeTrustContext(ImageInspector& inspector);
+
+ private:
+  struct Entry {
+    PoolDef def;
+    uint64_t scan_generation = 0;           // bumped by Invalidate
+    std::optional<FileIdentity> dir_id;     // target dir when `scan` was made
+    std::shared_ptr<const PoolScan> scan;   // null until scanned / after Invalidate
+  };
+
+  // Returns the scans of every browsable pool, by pool name.
+  std::vector<std::pair<std::string, std::shared_ptr<const PoolScan>>> AllScans();
+
+  mutable std::mutex mu_;
+  std::map<std::string, Entry> pools_;  // guarded by mu_
+  uint64_t generation_ = 1;             // guarded by mu_
+};
+
+// Removes trailing '/' (keeping a lone "/") and collapses "//" runs and "/./"
+// components; used to compare paths with pool target paths. Lexical only.
+std::string NormalizePathLexically(std::string_view path);
+
+}  // namespace chainfs::core

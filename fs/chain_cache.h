@@ -1,0 +1,91 @@
+// ChainCache: resolved chains of pool volumes, revalidated on every use by
+// re-stating each element (dev, ino, size, mtime, ctime), plus the documents
+// rendered from them.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/chain/chain.h"
+#include "core/chain/inspector.h"
+#include "core/chain/resolver.h"
+
+namespace chainfs::fs {
+
+// One resolved chain and what it was resolved from. The chain is immutable;
+// rendered documents are memoized (thread-safe).
+class ChainSnapshot {
+ public:
+  ChainSnapshot(core::Chain chain, std::vector<std::optional<core::FileIdentity>> ids)
+      : chain_(std::move(chain)), ids_(std::move(ids)) {}
+
+  const core::Chain& chain() const { return chain_; }
+  // Returns the identity each element had when resolved (nullopt: could not
+  // be stat'ed, or a network source when `network` is set on the element).
+  const std::vector<std::optional<core::FileIdentity>>& ids() const { return ids_; }
+  // Returns the memoized result of render() for `name`, rendering it once.
+  std::string Rendered(const std::string& name, const std::function<std::string()>& render) const;
+
+ private:
+  core::Chain chain_;
+  std::vector<std::optional<core::FileIdentity>> ids_;
+  mutable std::mutex mu_;                                // guards rendered_
+  mutable std::map<std::string, std::string> rendered_;  // guarded by mu_
+};
+
+// Counters for .chainfs/stats.
+struct ChainCacheStats {
+  uint64_t hits = 0;
+  uint64_t misses = 0;
+  uint64_t entries = 0;
+};
+
+// Thread-safe; lock order: mu_ only, never held during I/O or resolution.
+// Bounded (least recently used entries are dropped).
+class ChainCache {
+ public:
+  ChainCache(core::ImageInspector& inspector, core::VolumeLocator locate,
+             size_t max_entries = 4096)
+      : inspector_(inspector), locate_(std::move(locate)), max_entries_(max_entries) {}
+
+  // Returns the current chain of the image at absolute `path`: the cached
+  // one if every element still has the identity it had, else a new
+  // resolution. A chain that did not reach its end is always re-resolved
+  // (the missing piece may have appeared). Never fails.
+  std::shared_ptr<const ChainSnapshot> Get(const std::string& path);
+  // Drops every entry (pool definitions changed, so fixes may read differently).
+  void Clear();
+  ChainCacheStats stats() const;
+  // Sets a hook called (outside locks) with every newly resolved chain, so
+  // the daemon can watch the directories of elements outside the pools.
+  void set_on_resolved(std::function<void(const core::Chain&)> hook) { on_resolved_ = std::move(hook); }
+
+ private:
+  bool StillValid(const ChainSnapshot& snap) const;
+
+  core::ImageInspector& inspector_;
+  core::VolumeLocator locate_;
+  size_t max_entries_;
+  std::function<void(const core::Chain&)> on_resolved_;  // set before use
+
+  mutable std::mutex mu_;
+  using Lru = std::list<std::string>;
+  struct Entry {
+    std::shared_ptr<const ChainSnapshot> snap;
+    Lru::iterator lru;
+  };
+  std::unordered_map<std::string, Entry> entries_;  // guarded by mu_
+  Lru lru_;                                         // guarded by mu_; front = newest
+  std::atomic<uint64_t> hits_{0}, misses_{0};
+};
+
+}  // namespace chainfs::fs

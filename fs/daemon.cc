@@ -1,0 +1,144 @@
+#include "fs/daemon.h"
+
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fs/demo.h"
+#include "fs/fuse_api.h"
+#include "fs/operations.h"
+#include "fs/state.h"
+#include "fs/watcher.h"
+
+namespace chainfs::fs {
+
+namespace {
+
+void Fail(const std::string& message) { std::fprintf(stderr, "chainfs: %s\n", message.c_str()); }
+
+// Owns a fuse_session: unmounts (if mounted) and destroys it.
+struct SessionDeleter {
+  void operator()(struct fuse_session* se) const { fuse_session_destroy(se); }
+};
+
+// Owns the fuse_args built for libfuse.
+struct Args {
+  std::vector<std::string> storage;
+  std::vector<char*> argv;
+  struct fuse_args args = FUSE_ARGS_INIT(0, nullptr);
+  ~Args() { fuse_opt_free_args(&args); }
+  void Build() {
+    for (std::string& s : storage) argv.push_back(s.data());
+    args.argc = int(argv.size());
+    args.argv = argv.data();
+    args.allocated = 0;
+  }
+};
+
+}  // namespace
+
+int RunMount(const MountOptions& options) {
+  MountOptions opts = options;
+  std::string demo_dir;
+  if (opts.demo) {
+    core::Result<std::string> dir = MakeDemoPool();
+    if (!dir.ok()) {
+      Fail("--demo: " + dir.status().message());
+      return 1;
+    }
+    demo_dir = *dir;
+    opts.sources.pool_specs.push_back("demo=" + demo_dir);
+    if (!opts.sources.pool_dir) opts.sources.pool_dir = std::string();  // only the demo pool
+    std::printf("chainfs: demo pool in %s\n", demo_dir.c_str());
+    std::fflush(stdout);
+  }
+  struct DemoCleanup {
+    std::string dir;
+    ~DemoCleanup() {
+      if (!dir.empty()) RemoveDemoPool(dir);
+    }
+  } demo_cleanup{demo_dir};
+
+  core::Result<core::PoolLoad> load = core::PoolCatalog::LoadPools(opts.sources);
+  if (!load.ok()) {
+    Fail(load.status().message());
+    return 1;
+  }
+
+  char* real = realpath(opts.mountpoint.c_str(), nullptr);
+  if (!real) {
+    int saved = errno;
+    Fail(fmt::format("mountpoint {}: {}", opts.mountpoint, std::strerror(saved)));
+    return 1;
+  }
+  MountConfig config;
+  config.mountpoint = real;
+  std::free(real);
+  config.read_only = opts.read_only;
+  config.cache_timeout = opts.cache_timeout;
+
+  auto state = std::make_unique<FsState>(config, opts.foreground);
+  struct timespec now {};
+  clock_gettime(CLOCK_REALTIME, &now);
+  state->tree.set_owner(getuid(), getgid(), now);
+  for (const std::string& line : load->skipped) state->log.Add("pools", "-", "skipped", line);
+  for (const core::PoolDef& pool : load->pools) {
+    if (!pool.Browsable()) {
+      state->log.Add("pools", "/" + pool.name, "skipped",
+                     fmt::format("pool type '{}' has no local target path: not browsable", pool.type));
+    }
+  }
+  state->log.Add("pools", "-", "ok", fmt::format("{} pool definitions", load->pools.size()));
+  state->catalog.SetPools(std::move(load->pools));
+
+  Args args;
+  args.storage.push_back("chainfs");
+  std::string mount_opts = "default_permissions,fsname=chainfs,subtype=chainfs";
+  for (const std::string& o : opts.fuse_options) mount_opts += "," + o;
+  args.storage.push_back("-o");
+  args.storage.push_back(mount_opts);
+  if (opts.debug) args.storage.push_back("-d");
+  args.Build();
+
+  std::unique_ptr<struct fuse_session, SessionDeleter> se(
+      fuse_session_new(&args.args, &MakeOperations(), sizeof(struct fuse_lowlevel_ops), state.get()));
+  if (!se) {
+    Fail("cannot create the FUSE session (see the message above)");
+    return 1;
+  }
+  if (fuse_session_mount(se.get(), config.mountpoint.c_str()) != 0) {
+    Fail("cannot mount on " + config.mountpoint);
+    return 1;
+  }
+  state->session = se.get();
+  if (fuse_daemonize(opts.foreground ? 1 : 0) != 0) {
+    fuse_session_unmount(se.get());
+    return 1;
+  }
+
+  int rc = 0;
+  {
+    Watcher watcher(*state, opts.sources);
+    watcher.Start();
+    struct fuse_loop_config* cfg = fuse_loop_cfg_create();
+    fuse_loop_cfg_set_clone_fd(cfg, 0);
+    fuse_loop_cfg_set_max_threads(cfg, 16);
+    rc = fuse_session_loop_mt(se.get(), cfg);
+    fuse_loop_cfg_destroy(cfg);
+    watcher.Stop();
+  }
+  state->log.Add("unmount", config.mountpoint, rc == 0 ? "ok" : "error",
+                 rc == 0 ? "session ended" : fmt::format("loop returned {}", rc));
+  fuse_session_unmount(se.get());
+  state->session = nullptr;
+  se.reset();
+  return rc == 0 || rc == SIGTERM || rc == SIGINT ? 0 : 1;
+}
+
+}  // namespace chainfs::fs

@@ -1,0 +1,79 @@
+#include "fs/node.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace chainfs::fs {
+
+bool NodeKey::IsDir() const {
+  switch (kind) {
+    case NodeKind::kRoot:
+    case NodeKind::kControlDir:
+    case NodeKind::kPoolDir:
+    case NodeKind::kVolumeDir:
+    case NodeKind::kChainDir:
+    case NodeKind::kElementDir:
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::string EncodePrefix(const std::string& pool, const std::string& volume) {
+  // Names never contain '/' or NUL, so '/' is a safe separator.
+  std::string out = pool;
+  out += '/';
+  if (!volume.empty()) {
+    out += volume;
+    out += '/';
+  }
+  return out;
+}
+
+std::string NodeKey::Encode() const {
+  return fmt::format("{}/{}/{}/{}/{}", pool, volume, static_cast<int>(kind), index, file);
+}
+
+std::string NodeKey::Path() const {
+  switch (kind) {
+    case NodeKind::kRoot: return "/";
+    case NodeKind::kControlDir: return fmt::format("/{}", kControlDirName);
+    case NodeKind::kControlFile: return fmt::format("/{}/{}", kControlDirName, file);
+    case NodeKind::kPoolDir: return "/" + pool;
+    case NodeKind::kPoolFile: return fmt::format("/{}/{}", pool, file);
+    case NodeKind::kVolumeDir: return fmt::format("/{}/{}", pool, volume);
+    case NodeKind::kVolumeFile: return fmt::format("/{}/{}/{}", pool, volume, file);
+    case NodeKind::kChainDir: return fmt::format("/{}/{}/{}", pool, volume, kChainDirName);
+    case NodeKind::kElementDir: return fmt::format("/{}/{}/{}/{}", pool, volume, kChainDirName, index);
+    case NodeKind::kElementFile:
+      return fmt::format("/{}/{}/{}/{}/{}", pool, volume, kChainDirName, index, file);
+    case NodeKind::kElementLink:
+      return fmt::format("/{}/{}/{}/{}/{}", pool, volume, kChainDirName, index, kVolumeLinkName);
+  }
+  return "?";
+}
+
+const std::vector<std::string>& ControlFileNames() {
+  static const std::vector<std::string> names = {"log", "stats", "version"};
+  return names;
+}
+
+const std::vector<std::string>& VolumeFileNames() {
+  static const std::vector<std::string> names = {
+      "allocation", "backing",  "backing_format", "capacity", "disk.xml",
+      "format",     "info",     "info.json",      "problems", "volume.xml"};
+  return names;
+}
+
+const std::vector<std::string>& ElementFileNames() {
+  static const std::vector<std::string> names = {"allocation", "backing", "backing_format",
+                                                 "capacity",   "format",  "path"};
+  return names;
+}
+
+bool IsReservedPoolEntry(const std::string& name) {
+  return name == kPoolXmlName || name == ".create" || name.rfind(kControlDirName, 0) == 0;
+}
+
+}  // namespace chainfs::fs

@@ -1,0 +1,70 @@
+// FsState: everything a mounted chainfs owns, reached from libfuse's
+// userdata pointer (never from globals).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "core/chain/inspector.h"
+#include "core/pool/catalog.h"
+#include "fs/chain_cache.h"
+#include "fs/event_log.h"
+#include "fs/handles.h"
+#include "fs/node_table.h"
+#include "fs/tree.h"
+
+struct fuse_session;
+
+namespace chainfs::fs {
+
+// Settings of one mount.
+struct MountConfig {
+  std::string mountpoint;      // absolute
+  bool read_only = false;      // -o ro: every change gives EROFS
+  // Kernel cache lifetime, in seconds, for the nodes that describe images.
+  // 0 (the default) makes every access revalidate; inotify invalidation
+  // keeps larger values correct for changes in watched directories.
+  double cache_timeout = 0.0;
+};
+
+// The FUSE operations counted in .chainfs/stats.
+enum class Op : int {
+  kInit, kLookup, kForget, kGetattr, kSetattr, kReadlink, kOpendir, kReaddir, kReleasedir,
+  kOpen, kRead, kRelease, kStatfs, kWrite, kCount
+};
+// Names an Op ("lookup").
+const char* OpName(Op op);
+
+// Holds the engine objects and the mount's own state.
+// Thread-safe: every member is (see each class); `session` is set once
+// before the loop starts.
+class FsState {
+ public:
+  explicit FsState(MountConfig config, bool echo_log);
+  FsState(const FsState&) = delete;
+  FsState& operator=(const FsState&) = delete;
+
+  // Counts one call of `op`.
+  void Count(Op op) { ops_[static_cast<int>(op)].fetch_add(1, std::memory_order_relaxed); }
+  // Counts one failed operation.
+  void CountError() { errors_.fetch_add(1, std::memory_order_relaxed); }
+  // Renders .chainfs/stats: "name value\n" lines.
+  std::string RenderStats() const;
+
+  const MountConfig config;
+  core::ImageInspector inspector;
+  core::PoolCatalog catalog;
+  EventLog log;
+  ChainCache chains;
+  NodeTable nodes;
+  HandleTable handles;
+  Tree tree;
+  struct fuse_session* session = nullptr;
+
+ private:
+  std::atomic<uint64_t> ops_[static_cast<int>(Op::kCount)] = {};
+  std::atomic<uint64_t> errors_{0};
+};
+
+}  // namespace chainfs::fs

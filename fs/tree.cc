@@ -1,0 +1,438 @@
+#include "fs/tree.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <charconv>
+
+#include "core/render/render.h"
+
+namespace chainfs::fs {
+
+namespace {
+
+using core::Code;
+using core::Error;
+using core::Result;
+using core::Status;
+
+constexpr uint32_t kReadBits = S_IRUSR | S_IRGRP | S_IROTH;
+
+// Directory mode for an image: r-x wherever the image is readable.
+uint32_t DirModeFor(uint32_t image_mode) {
+  uint32_t r = image_mode & kReadBits;
+  return S_IFDIR | r | (r >> 2);
+}
+
+NodeAttr AttrFromStat(const core::FileStat& st, uint32_t mode) {
+  NodeAttr a;
+  a.mode = mode;
+  a.uid = st.uid;
+  a.gid = st.gid;
+  a.atime = st.atime;
+  a.mtime = st.mtime;
+  a.ctime = st.ctime;
+  return a;
+}
+
+std::optional<int> ParseIndex(const std::string& name) {
+  if (name.empty() || name.size() > 4 || (name.size() > 1 && name[0] == '0')) return std::nullopt;
+  int value = 0;
+  auto [ptr, ec] = std::from_chars(name.data(), name.data() + name.size(), value);
+  if (ec != std::errc() || ptr != name.data() + name.size() || value < 0) return std::nullopt;
+  return value;
+}
+
+bool Contains(const std::vector<std::string>& names, const std::string& name) {
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+Status NotFound(const NodeKey& key) { return Error(Code::kNotFound, "{}: no such node", key.Path()); }
+
+// The stat that gives element `index` its owner and mode: its own, or the
+// nearest element above it that has one (a missing backing file has none).
+const core::FileStat* OwnerStat(const core::Chain& chain, int index) {
+  for (int i = std::min<int>(index, int(chain.elements.size()) - 1); i >= 0; --i) {
+    if (chain.elements[i].stat) return &*chain.elements[i].stat;
+  }
+  return nullptr;
+}
+
+// How many elements (from the top) a volume-level file draws on.
+size_t ElementsDrawnOn(const std::string& file, size_t chain_size) {
+  if (file == "volume.xml") return std::min<size_t>(2, chain_size);
+  if (file == "info" || file == "info.json" || file == "disk.xml" || file == "problems") {
+    return chain_size;
+  }
+  return std::min<size_t>(1, chain_size);
+}
+
+}  // namespace
+
+bool CallerCanRead(const Caller& caller, uint32_t uid, uint32_t gid, uint32_t mode) {
+  if (caller.uid == 0) return true;
+  if (caller.uid == uid) return (mode & S_IRUSR) != 0;
+  bool in_group = caller.gid == gid ||
+                  std::find(caller.groups.begin(), caller.groups.end(), gid) != caller.groups.end();
+  if (in_group) return (mode & S_IRGRP) != 0;
+  return (mode & S_IROTH) != 0;
+}
+
+Tree::Tree(core::PoolCatalog& catalog, ChainCache& chains, EventLog& log)
+    : catalog_(catalog), chains_(chains), log_(log) {}
+
+void Tree::set_owner(uint32_t uid, uint32_t gid, struct timespec mount_time) {
+  owner_uid_ = uid;
+  owner_gid_ = gid;
+  mount_time_ = mount_time;
+}
+
+Result<core::PoolDef> Tree::Pool(const std::string& name) {
+  std::optional<core::PoolDef> def = catalog_.FindPool(name);
+  if (!def || !def->Browsable()) return Error(Code::kNotFound, "no browsable pool '{}'", name);
+  return *def;
+}
+
+Result<core::VolumeEntry> Tree::Volume(const std::string& pool, const std::string& volume) {
+  if (IsReservedPoolEntry(volume)) return Error(Code::kNotFound, "'{}' is reserved", volume);
+  std::optional<core::VolumeEntry> entry = catalog_.FindVolume(pool, volume);
+  if (!entry) return Error(Code::kNotFound, "no volume '{}' in pool '{}'", volume, pool);
+  return *entry;
+}
+
+Result<std::shared_ptr<const ChainSnapshot>> Tree::VolumeChain(const std::string& pool,
+                                                               const std::string& volume) {
+  Result<core::VolumeEntry> entry = Volume(pool, volume);
+  if (!entry.ok()) return entry.status();
+  std::shared_ptr<const ChainSnapshot> snap = chains_.Get(entry->path);
+  if (snap->chain().elements.empty()) {
+    return Error(Code::kNotFound, "{}: no longer a volume", entry->path);
+  }
+  return snap;
+}
+
+std::vector<DirEntry> Tree::PoolEntries(const std::string& pool) {
+  std::vector<DirEntry> out;
+  NodeKey xml{NodeKind::kPoolFile, pool};
+  xml.file = kPoolXmlName;
+  out.push_back({kPoolXmlName, xml});
+  std::shared_ptr<const core::PoolScan> scan = catalog_.Scan(pool);
+  if (!scan) return out;
+  if (!scan->status.ok()) {
+    log_.AddOnce("scan:" + pool + ":" + scan->status.message(), "scan", "/" + pool, "error",
+                 scan->status.message());
+  }
+  for (const std::string& line : scan->skipped) {
+    log_.AddOnce("skip:" + pool + ":" + line, "scan", "/" + pool, "skipped", line);
+  }
+  for (const core::VolumeEntry& v : scan->volumes) {
+    if (IsReservedPoolEntry(v.name)) {
+      log_.AddOnce("reserved:" + v.path, "scan", "/" + pool, "skipped",
+                   v.path + ": name is reserved by chainfs");
+      continue;
+    }
+    out.push_back({v.name, NodeKey{NodeKind::kVolumeDir, pool, v.name}});
+  }
+  return out;
+}
+
+Result<NodeKey> Tree::Lookup(const NodeKey& parent, const std::string& name) {
+  switch (parent.kind) {
+    case NodeKind::kRoot: {
+      if (name == kControlDirName) return NodeKey{NodeKind::kControlDir};
+      Result<core::PoolDef> pool = Pool(name);
+      if (!pool.ok()) return pool.status();
+      return NodeKey{NodeKind::kPoolDir, name};
+    }
+    case NodeKind::kControlDir: {
+      if (!Contains(ControlFileNames(), name)) break;
+      NodeKey key{NodeKind::kControlFile};
+      key.file = name;
+      return key;
+    }
+    case NodeKind::kPoolDir: {
+      CHAINFS_RETURN_IF_ERROR(Pool(parent.pool).status());
+      if (name == kPoolXmlName) {
+        NodeKey key{NodeKind::kPoolFile, parent.pool};
+        key.file = name;
+        return key;
+      }
+      Result<core::VolumeEntry> v = Volume(parent.pool, name);
+      if (!v.ok()) return v.status();
+      return NodeKey{NodeKind::kVolumeDir, parent.pool, name};
+    }
+    case NodeKind::kVolumeDir: {
+      CHAINFS_RETURN_IF_ERROR(Volume(parent.pool, parent.volume).status());
+      if (name == kChainDirName) return NodeKey{NodeKind::kChainDir, parent.pool, parent.volume};
+      if (!Contains(VolumeFileNames(), name)) break;
+      NodeKey key{NodeKind::kVolumeFile, parent.pool, parent.volume};
+      key.file = name;
+      return key;
+    }
+    case NodeKind::kChainDir: {
+      std::optional<int> index = ParseIndex(name);
+      if (!index) break;
+      auto snap = VolumeChain(parent.pool, parent.volume);
+      if (!snap.ok()) return snap.status();
+      if (*index >= int((*snap)->chain().elements.size())) break;
+      NodeKey key{NodeKind::kElementDir, parent.pool, parent.volume, *index};
+      return key;
+    }
+    case NodeKind::kElementDir: {
+      auto snap = VolumeChain(parent.pool, parent.volume);
+      if (!snap.ok()) return snap.status();
+      if (parent.index >= int((*snap)->chain().elements.size())) break;
+      if (name == kVolumeLinkName) {
+        NodeKey key{NodeKind::kElementLink, parent.pool, parent.volume, parent.index};
+        if (!LinkTarget(key, **snap).ok()) break;
+        return key;
+      }
+      if (!Contains(ElementFileNames(), name)) break;
+      NodeKey key{NodeKind::kElementFile, parent.pool, parent.volume, parent.index};
+      key.file = name;
+      return key;
+    }
+    default:
+      return Error(Code::kInvalidArgument, "{}: not a directory", parent.Path());
+  }
+  return Error(Code::kNotFound, "{}/{}: no such entry", parent.Path(), name);
+}
+
+Result<std::vector<DirEntry>> Tree::List(const NodeKey& key) {
+  std::vector<DirEntry> out;
+  switch (key.kind) {
+    case NodeKind::kRoot:
+      out.push_back({kControlDirName, NodeKey{NodeKind::kControlDir}});
+      for (const core::PoolDef& pool : catalog_.Pools()) {
+        if (pool.Browsable()) out.push_back({pool.name, NodeKey{NodeKind::kPoolDir, pool.name}});
+      }
+      return out;
+    case NodeKind::kControlDir:
+      for (const std::string& name : ControlFileNames()) {
+        NodeKey f{NodeKind::kControlFile};
+        f.file = name;
+        out.push_back({name, f});
+      }
+      return out;
+    case NodeKind::kPoolDir:
+      CHAINFS_RETURN_IF_ERROR(Pool(key.pool).status());
+      return PoolEntries(key.pool);
+    case NodeKind::kVolumeDir:
+      CHAINFS_RETURN_IF_ERROR(Volume(key.pool, key.volume).status());
+      for (const std::string& name : VolumeFileNames()) {
+        NodeKey f{NodeKind::kVolumeFile, key.pool, key.volume};
+        f.file = name;
+        out.push_back({name, f});
+      }
+      out.push_back({kChainDirName, NodeKey{NodeKind::kChainDir, key.pool, key.volume}});
+      return out;
+    case NodeKind::kChainDir: {
+      auto snap = VolumeChain(key.pool, key.volume);
+      if (!snap.ok()) return snap.status();
+      for (size_t i = 0; i < (*snap)->chain().elements.size(); ++i) {
+        out.push_back({std::to_string(i), NodeKey{NodeKind::kElementDir, key.pool, key.volume, int(i)}});
+      }
+      return out;
+    }
+    case NodeKind::kElementDir: {
+      auto snap = VolumeChain(key.pool, key.volume);
+      if (!snap.ok()) return snap.status();
+      if (key.index >= int((*snap)->chain().elements.size())) return NotFound(key);
+      for (const std::string& name : ElementFileNames()) {
+        NodeKey f{NodeKind::kElementFile, key.pool, key.volume, key.index};
+        f.file = name;
+        out.push_back({name, f});
+      }
+      NodeKey link{NodeKind::kElementLink, key.pool, key.volume, key.index};
+      if (LinkTarget(link, **snap).ok()) out.push_back({kVolumeLinkName, link});
+      return out;
+    }
+    default:
+      return Error(Code::kInvalidArgument, "{}: not a directory", key.Path());
+  }
+}
+
+Result<std::string> Tree::LinkTarget(const NodeKey& key, const ChainSnapshot& snap) {
+  const core::Chain& chain = snap.chain();
+  if (key.index < 0 || key.index >= int(chain.elements.size())) return NotFound(key);
+  const core::ChainElement& e = chain.elements[key.index];
+  if (e.network) return NotFound(key);
+  std::optional<std::string> located = catalog_.Locate(e.path);
+  if (!located) return NotFound(key);
+  return "../../../../" + *located;
+}
+
+Result<std::string> Tree::Render(const NodeKey& key) {
+  switch (key.kind) {
+    case NodeKind::kControlFile:
+      if (key.file == "version") return fmt::format("chainfs {}\n", CHAINFS_VERSION);
+      if (key.file == "log") return log_.Render();
+      if (key.file == "stats") return stats_renderer_ ? stats_renderer_() : std::string();
+      return NotFound(key);
+    case NodeKind::kPoolFile: {
+      Result<core::PoolDef> pool = Pool(key.pool);
+      if (!pool.ok()) return pool.status();
+      return core::RenderPoolXml(*pool, core::StatPoolSpace(*pool));
+    }
+    case NodeKind::kVolumeFile:
+    case NodeKind::kElementFile: {
+      auto snap = VolumeChain(key.pool, key.volume);
+      if (!snap.ok()) return snap.status();
+      return RenderChainFile(key, **snap);
+    }
+    default:
+      return Error(Code::kInvalidArgument, "{}: not a regular file", key.Path());
+  }
+}
+
+Result<std::string> Tree::RenderChainFile(const NodeKey& key, const ChainSnapshot& snap) {
+  const core::Chain& chain = snap.chain();
+  if (key.kind == NodeKind::kElementFile) {
+    if (key.index < 0 || key.index >= int(chain.elements.size())) return NotFound(key);
+    return core::RenderElementField(chain.elements[key.index], key.file);
+  }
+  if (key.kind != NodeKind::kVolumeFile || chain.elements.empty()) return NotFound(key);
+  const std::string& f = key.file;
+  if (f == "volume.xml" || f == "disk.xml") {
+    // As chainctl: an image whose own header cannot be read has no XML.
+    if (!chain.elements[0].meta) {
+      return Error(Code::kCorrupt, "{}: {}", key.Path(),
+                   chain.problems.empty() ? "cannot read image" : chain.problems[0].message);
+    }
+  }
+  return snap.Rendered(f, [&]() -> std::string {
+    if (f == "info") return core::RenderInfoText(chain);
+    if (f == "info.json") return core::RenderInfoJson(chain);
+    if (f == "volume.xml") return core::RenderVolumeXml(chain);
+    if (f == "disk.xml") return core::RenderDiskXml(chain);
+    if (f == "problems") return core::RenderProblems(chain);
+    return core::RenderElementField(chain.elements[0], f);
+  });
+}
+
+Result<NodeAttr> Tree::GetAttr(const NodeKey& key) {
+  NodeAttr a;
+  a.uid = owner_uid_;
+  a.gid = owner_gid_;
+  a.atime = a.mtime = a.ctime = mount_time_;
+  switch (key.kind) {
+    case NodeKind::kRoot:
+    case NodeKind::kControlDir:
+      a.mode = S_IFDIR | 0555;
+      return a;
+    case NodeKind::kControlFile: {
+      Result<std::string> text = Render(key);
+      if (!text.ok()) return text.status();
+      a.mode = S_IFREG | 0444;
+      a.size = text->size();
+      return a;
+    }
+    case NodeKind::kPoolDir:
+    case NodeKind::kPoolFile: {
+      Result<core::PoolDef> pool = Pool(key.pool);
+      if (!pool.ok()) return pool.status();
+      Result<core::FileStat> dir = core::StatPath(pool->target_path);
+      uint32_t mode = dir.ok() ? dir->mode : 0555;
+      if (dir.ok()) {
+        a = AttrFromStat(*dir, 0);
+      }
+      if (key.kind == NodeKind::kPoolDir) {
+        a.mode = S_IFDIR | (mode & 0555);
+        return a;
+      }
+      Result<std::string> text = Render(key);
+      if (!text.ok()) return text.status();
+      a.mode = S_IFREG | (mode & kReadBits);
+      a.size = text->size();
+      return a;
+    }
+    case NodeKind::kVolumeDir:
+    case NodeKind::kChainDir: {
+      Result<core::VolumeEntry> v = Volume(key.pool, key.volume);
+      if (!v.ok()) return v.status();
+      Result<core::FileStat> st = core::StatPath(v->path);
+      if (!st.ok()) return st.status();
+      return AttrFromStat(*st, DirModeFor(st->mode));
+    }
+    case NodeKind::kVolumeFile: {
+      auto snap = VolumeChain(key.pool, key.volume);
+      if (!snap.ok()) return snap.status();
+      const core::FileStat* st = OwnerStat((*snap)->chain(), 0);
+      if (st) a = AttrFromStat(*st, 0);
+      Result<std::string> text = RenderChainFile(key, **snap);
+      if (!text.ok()) return text.status();
+      a.mode = S_IFREG | ((st ? st->mode : 0444) & kReadBits);
+      a.size = text->size();
+      return a;
+    }
+    case NodeKind::kElementDir:
+    case NodeKind::kElementFile:
+    case NodeKind::kElementLink: {
+      auto snap = VolumeChain(key.pool, key.volume);
+      if (!snap.ok()) return snap.status();
+      const core::Chain& chain = (*snap)->chain();
+      if (key.index < 0 || key.index >= int(chain.elements.size())) return NotFound(key);
+      const core::FileStat* st = OwnerStat(chain, key.index);
+      uint32_t mode = st ? st->mode : 0444;
+      if (st) a = AttrFromStat(*st, 0);
+      if (key.kind == NodeKind::kElementDir) {
+        a.mode = DirModeFor(mode);
+        return a;
+      }
+      if (key.kind == NodeKind::kElementLink) {
+        Result<std::string> target = LinkTarget(key, **snap);
+        if (!target.ok()) return target.status();
+        a.mode = S_IFLNK | 0777;
+        a.size = target->size();
+        return a;
+      }
+      Result<std::string> text = RenderChainFile(key, **snap);
+      if (!text.ok()) return text.status();
+      a.mode = S_IFREG | (mode & kReadBits);
+      a.size = text->size();
+      return a;
+    }
+  }
+  return NotFound(key);
+}
+
+Status Tree::CheckAccess(const NodeKey& key, const ChainSnapshot& snap, const Caller& caller) {
+  const core::Chain& chain = snap.chain();
+  size_t count = 0;
+  if (key.kind == NodeKind::kVolumeFile) {
+    count = ElementsDrawnOn(key.file, chain.elements.size());
+  } else if (key.kind == NodeKind::kElementFile || key.kind == NodeKind::kElementLink) {
+    count = std::min<size_t>(size_t(std::max(key.index, 0)) + 1, chain.elements.size());
+  }
+  for (size_t i = 0; i < count; ++i) {
+    const core::ChainElement& e = chain.elements[i];
+    if (!e.stat) continue;  // nothing was read from a file that could not be opened
+    if (!CallerCanRead(caller, e.stat->uid, e.stat->gid, e.stat->mode)) {
+      return Error(Code::kPermissionDenied, "uid {} may not read {} (chain element {})", caller.uid,
+                   e.path, i);
+    }
+  }
+  return Status::Ok();
+}
+
+Result<std::string> Tree::Read(const NodeKey& key, const Caller& caller) {
+  if (key.kind == NodeKind::kVolumeFile || key.kind == NodeKind::kElementFile) {
+    auto snap = VolumeChain(key.pool, key.volume);
+    if (!snap.ok()) return snap.status();
+    CHAINFS_RETURN_IF_ERROR(CheckAccess(key, **snap, caller));
+    return RenderChainFile(key, **snap);
+  }
+  return Render(key);
+}
+
+Result<std::string> Tree::ReadLink(const NodeKey& key, const Caller& caller) {
+  if (key.kind != NodeKind::kElementLink) {
+    return Error(Code::kInvalidArgument, "{}: not a symlink", key.Path());
+  }
+  auto snap = VolumeChain(key.pool, key.volume);
+  if (!snap.ok()) return snap.status();
+  CHAINFS_RETURN_IF_ERROR(CheckAccess(key, **snap, caller));
+  return LinkTarget(key, **snap);
+}
+
+}  // namespace chainfs::fs

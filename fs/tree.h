@@ -1,0 +1,98 @@
+// Tree: the read side of the mounted tree (DESIGN section 1) as plain calls
+// on NodeKeys: lookup, attributes, listing and content. No FUSE here, so the
+// adapter in operations.cc stays a thin translation layer.
+#pragma once
+
+#include <sys/types.h>
+#include <time.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/chain/inspector.h"
+#include "core/pool/catalog.h"
+#include "core/status.h"
+#include "fs/chain_cache.h"
+#include "fs/event_log.h"
+#include "fs/node.h"
+
+namespace chainfs::fs {
+
+// Who is asking: from the FUSE request context.
+struct Caller {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  std::vector<uint32_t> groups;  // supplementary groups
+};
+
+// Attributes of one node.
+struct NodeAttr {
+  uint32_t mode = 0;  // including the S_IF* type bits
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint64_t size = 0;
+  uint32_t nlink = 1;
+  struct timespec atime {};
+  struct timespec mtime {};
+  struct timespec ctime {};
+};
+
+// One directory entry.
+struct DirEntry {
+  std::string name;
+  NodeKey key;
+};
+
+// Thread-safe (all state lives in the thread-safe catalog, caches and log).
+class Tree {
+ public:
+  Tree(core::PoolCatalog& catalog, ChainCache& chains, EventLog& log);
+
+  // Resolves `name` in directory `parent`. kNotFound when absent.
+  core::Result<NodeKey> Lookup(const NodeKey& parent, const std::string& name);
+  // Returns the attributes of `key` (a file's size is its rendered length).
+  // kNotFound if the node no longer exists.
+  core::Result<NodeAttr> GetAttr(const NodeKey& key);
+  // Lists directory `key` ("." and ".." not included).
+  core::Result<std::vector<DirEntry>> List(const NodeKey& key);
+  // Returns the content of file `key` for `caller`; kPermissionDenied when
+  // the caller cannot read every image the content draws on (DESIGN 3, Access).
+  core::Result<std::string> Read(const NodeKey& key, const Caller& caller);
+  // Returns the target of symlink `key`, with the same access rule.
+  core::Result<std::string> ReadLink(const NodeKey& key, const Caller& caller);
+
+  // Sets the renderer of .chainfs/stats (the daemon owns the counters).
+  void set_stats_renderer(std::function<std::string()> render) { stats_renderer_ = std::move(render); }
+  // Sets the owner of the root and the control files (the daemon's ids) and
+  // the time shown on them.
+  void set_owner(uint32_t uid, uint32_t gid, struct timespec mount_time);
+
+ private:
+  core::Result<core::PoolDef> Pool(const std::string& name);
+  core::Result<core::VolumeEntry> Volume(const std::string& pool, const std::string& volume);
+  core::Result<std::shared_ptr<const ChainSnapshot>> VolumeChain(const std::string& pool,
+                                                                 const std::string& volume);
+  core::Result<std::string> Render(const NodeKey& key);
+  // Renders a volume or element file from an already revalidated chain.
+  core::Result<std::string> RenderChainFile(const NodeKey& key, const ChainSnapshot& snap);
+  core::Status CheckAccess(const NodeKey& key, const ChainSnapshot& snap, const Caller& caller);
+  core::Result<std::string> LinkTarget(const NodeKey& key, const ChainSnapshot& snap);
+  std::vector<DirEntry> PoolEntries(const std::string& pool);
+
+  core::PoolCatalog& catalog_;
+  ChainCache& chains_;
+  EventLog& log_;
+  std::function<std::string()> stats_renderer_;
+  uint32_t owner_uid_ = 0;
+  uint32_t owner_gid_ = 0;
+  struct timespec mount_time_ {};
+};
+
+// Returns true if `caller` may read a file with this owner and mode, by
+// the classic owner/group/other rule (uid 0 always may).
+bool CallerCanRead(const Caller& caller, uint32_t uid, uint32_t gid, uint32_t mode);
+
+}  // namespace chainfs::fs

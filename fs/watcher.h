@@ -1,0 +1,79 @@
+// Watcher: the daemon's own event thread (Boost.Asio). It watches the pool
+// directories (and the directories of chain elements outside the pools)
+// with inotify, invalidates the catalog and the kernel's caches, reloads
+// pool definitions on SIGHUP and unmounts on SIGTERM/SIGINT.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <array>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "core/pool/catalog.h"
+#include "fs/state.h"
+
+namespace chainfs::fs {
+
+// Owns one thread running an io_context. Kernel notifications are sent only
+// from that thread, never from a FUSE request handler and never while a
+// lock is held (the kernel may call back into the filesystem).
+//
+// Thread-safety: Start/Stop from the main thread; WatchDirOf from any
+// thread; everything else runs on the asio thread. Lock order: dirs_mu_ only.
+class Watcher {
+ public:
+  Watcher(FsState& state, core::PoolSources sources);
+  ~Watcher();
+  Watcher(const Watcher&) = delete;
+  Watcher& operator=(const Watcher&) = delete;
+
+  // Installs the signal handlers, opens inotify, watches the pools and
+  // starts the thread. Signals are handled from this call on.
+  void Start();
+  // Stops the thread and closes inotify. Idempotent.
+  void Stop();
+  // Asks for a watch on the directory of `path` (an element outside the
+  // pools); cheap when the directory is already watched.
+  void WatchDirOf(const std::string& path);
+
+ private:
+  void OnSignal(int signo);
+  void RequestExit(int signo);
+  void Reload();
+  void ReadEvents();
+  void HandleEvents(size_t length);
+  void WatchPools();
+  void AddWatch(const std::string& dir, const std::string& pool);
+  void ScheduleFlush();
+  void Flush();
+
+  FsState& state_;
+  const core::PoolSources sources_;
+  boost::asio::io_context io_;
+  boost::asio::signal_set signals_;
+  boost::asio::posix::stream_descriptor inotify_;
+  boost::asio::steady_timer flush_timer_;
+  std::thread thread_;
+  bool started_ = false;
+  alignas(8) std::array<char, 64 * 1024> buf_{};
+
+  // Asio-thread state.
+  std::map<int, std::pair<std::string, std::string>> watches_;  // wd -> (dir, pool or "")
+  std::set<std::pair<std::string, std::string>> pending_entries_;  // (pool, name)
+  bool pending_all_ = false;
+  bool flush_armed_ = false;
+  bool exiting_ = false;
+
+  std::mutex dirs_mu_;
+  std::set<std::string> requested_dirs_;  // guarded by dirs_mu_
+};
+
+}  // namespace chainfs::fs

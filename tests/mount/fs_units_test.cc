@@ -1,0 +1,142 @@
+// Unit tests of the FUSE-free parts of fs/: options, node table, access
+// rule, errno mapping, the event log and the demo's qcow2 helper.
+#include <sys/stat.h>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "fs/demo.h"
+#include "fs/errno_map.h"
+#include "fs/event_log.h"
+#include "fs/node_table.h"
+#include "fs/options.h"
+#include "fs/tree.h"
+#include "mount/mount_fixture.h"
+#include "util/run.h"
+
+namespace chainfs::fs {
+namespace {
+
+TEST(MountOptions, ParsesPoolsAndFuseOptions) {
+  auto o = ParseMountOptions({"--pool", "a=/x", "--pool-dir=/defs", "-o",
+                              "ro,allow_other,pool=b=/y,cache_timeout=2.5", "-f", "/mnt"});
+  ASSERT_TRUE(o.ok()) << o.status().ToString();
+  EXPECT_EQ(o->mountpoint, "/mnt");
+  EXPECT_TRUE(o->foreground);
+  EXPECT_TRUE(o->read_only);
+  EXPECT_EQ(o->sources.pool_dir, "/defs");
+  EXPECT_EQ(o->sources.pool_specs, (std::vector<std::string>{"a=/x", "b=/y"}));
+  EXPECT_EQ(o->fuse_options, (std::vector<std::string>{"ro", "allow_other"}));
+  EXPECT_DOUBLE_EQ(o->cache_timeout, 2.5);
+}
+
+TEST(MountOptions, AcceptsMountFuse3FormWithSource) {
+  auto o = ParseMountOptions({"chainfs", "/mnt", "-o", "rw,pool_dir=/d,default_permissions"});
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(o->source, "chainfs");
+  EXPECT_EQ(o->mountpoint, "/mnt");
+  EXPECT_EQ(o->sources.pool_dir, "/d");
+  EXPECT_EQ(o->fuse_options, (std::vector<std::string>{"rw"}));
+}
+
+TEST(MountOptions, RejectsUsageErrors) {
+  EXPECT_FALSE(ParseMountOptions({}).ok());
+  EXPECT_FALSE(ParseMountOptions({"a", "b", "c"}).ok());
+  EXPECT_FALSE(ParseMountOptions({"--pool"}).ok());
+  EXPECT_FALSE(ParseMountOptions({"-o", "cache_timeout=-1", "/m"}).ok());
+  EXPECT_FALSE(ParseMountOptions({"-o", "cache_timeout=abc", "/m"}).ok());
+  EXPECT_FALSE(ParseMountOptions({"--frobnicate", "/m"}).ok());
+  EXPECT_TRUE(ParseMountOptions({"--help"})->help);
+}
+
+TEST(NodeTable, KeepsInodeNumbersStableAcrossForget) {
+  NodeTable table;
+  NodeKey key(NodeKind::kVolumeFile, "p", "v", -1, "info");
+  uint64_t ino = table.Ref(key);
+  EXPECT_GE(ino, kFirstDynamicIno);
+  EXPECT_EQ(table.Ref(key), ino);
+  EXPECT_EQ(table.PeekIno(key), ino);
+  table.Forget(ino, 1);
+  EXPECT_TRUE(table.Get(ino).has_value());  // one lookup left
+  table.Forget(ino, 1);
+  EXPECT_FALSE(table.Get(ino).has_value());
+  EXPECT_EQ(table.Ref(key), ino);  // same number again
+  EXPECT_EQ(table.Get(kRootIno)->kind, NodeKind::kRoot);
+  table.Forget(kRootIno, 100);
+  EXPECT_TRUE(table.Get(kRootIno).has_value());  // fixed nodes never go
+}
+
+TEST(NodeTable, FindsNodesOfOneVolumeByPrefix) {
+  NodeTable table;
+  table.Ref(NodeKey(NodeKind::kVolumeDir, "p", "v"));
+  table.Ref(NodeKey(NodeKind::kElementFile, "p", "v", 2, "format"));
+  table.Ref(NodeKey(NodeKind::kVolumeDir, "p", "v2"));
+  table.Ref(NodeKey(NodeKind::kVolumeDir, "q", "v"));
+  EXPECT_EQ(table.FindByPrefix(EncodePrefix("p", "v")).size(), 2u);
+  EXPECT_EQ(table.FindByPrefix(EncodePrefix("p")).size(), 3u);
+}
+
+TEST(NodeKey, PathsNameTheTree) {
+  EXPECT_EQ(NodeKey(NodeKind::kElementLink, "p", "v", 3).Path(), "/p/v/chain/3/volume");
+  EXPECT_EQ(NodeKey(NodeKind::kControlFile, "", "", -1, "log").Path(), "/.chainfs/log");
+  EXPECT_TRUE(IsReservedPoolEntry(".pool.xml"));
+  EXPECT_TRUE(IsReservedPoolEntry(".create"));
+  EXPECT_FALSE(IsReservedPoolEntry("disk.qcow2"));
+}
+
+TEST(CallerCanRead, FollowsOwnerGroupOtherBits) {
+  Caller nobody{65534, 65534, {}};
+  EXPECT_FALSE(CallerCanRead(nobody, 0, 0, 0600));
+  EXPECT_TRUE(CallerCanRead(nobody, 0, 0, 0604));
+  EXPECT_TRUE(CallerCanRead(nobody, 65534, 0, 0400));
+  EXPECT_FALSE(CallerCanRead(nobody, 65534, 0, 0044));  // owner bits decide for the owner
+  Caller member{65534, 65534, {4242}};
+  EXPECT_TRUE(CallerCanRead(member, 0, 4242, 0640));
+  EXPECT_FALSE(CallerCanRead(nobody, 0, 4242, 0640));
+  EXPECT_TRUE(CallerCanRead(Caller{0, 0, {}}, 1, 1, 0));
+}
+
+TEST(ErrnoFromStatus, MapsEveryCode) {
+  using core::Code;
+  EXPECT_EQ(ErrnoFromStatus(core::Status()), 0);
+  EXPECT_EQ(ErrnoFromStatus(core::Status(Code::kNotFound, "x")), ENOENT);
+  EXPECT_EQ(ErrnoFromStatus(core::Status(Code::kPermissionDenied, "x")), EACCES);
+  EXPECT_EQ(ErrnoFromStatus(core::Status(Code::kReadOnly, "x")), EROFS);
+  EXPECT_EQ(ErrnoFromStatus(core::Status(Code::kCorrupt, "x")), EIO);
+  EXPECT_EQ(ErrnoFromStatus(core::Status(Code::kBusy, "x")), EBUSY);
+  EXPECT_EQ(ErrnoFromStatus(core::Status(Code::kIo, "x", ENOSPC)), ENOSPC);
+  EXPECT_EQ(ErrnoFromStatus(core::Status(Code::kIo, "x")), EIO);
+  EXPECT_STREQ(ErrnoName(EACCES), "EACCES");
+}
+
+TEST(EventLog, KeepsTheLastThousandEventsOnOneLineEach) {
+  EventLog log;
+  for (int i = 0; i < 1005; ++i) log.Add("op", "/p/" + std::to_string(i), "ok", "line\nbreak");
+  std::string text = log.Render();
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 1000);
+  EXPECT_EQ(text.find(" /p/4 "), std::string::npos);
+  EXPECT_NE(text.find(" op /p/1004 ok line break\n"), std::string::npos);
+  EXPECT_EQ(log.total(), 1005u);
+  log.AddOnce("k", "scan", "/p", "skipped", "x");
+  log.AddOnce("k", "scan", "/p", "skipped", "x");
+  EXPECT_EQ(log.total(), 1006u);
+}
+
+TEST(StripQcow2BackingFormat, RemovesOnlyTheBackingFormat) {
+  testutil::ScopedTempDir dir;
+  mounttest::QemuImgCreate({"-f", "raw", dir.Sub("b.raw"), "1M"});
+  mounttest::QemuImgCreate({"-f", "qcow2", "-b", "b.raw", "-F", "raw", dir.Sub("o.qcow2")});
+  ASSERT_TRUE(StripQcow2BackingFormat(dir.Sub("o.qcow2")).ok());
+  testutil::RunResult info =
+      mounttest::MustRun({"qemu-img", "info", "--output=json", "-f", "qcow2", dir.Sub("o.qcow2")});
+  EXPECT_EQ(info.out.find("backing-filename-format"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("\"backing-filename\": \"b.raw\""), std::string::npos) << info.out;
+  mounttest::MustRun({"qemu-img", "check", "-q", "-f", "qcow2", dir.Sub("o.qcow2")});
+  EXPECT_EQ(StripQcow2BackingFormat(dir.Sub("o.qcow2")).code(), core::Code::kNotFound);
+  EXPECT_EQ(StripQcow2BackingFormat(dir.Sub("b.raw")).code(), core::Code::kCorrupt);
+}
+
+}  // namespace
+}  // namespace chainfs::fs

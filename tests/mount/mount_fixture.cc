@@ -1,0 +1,183 @@
+#include "mount/mount_fixture.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace chainfs::mounttest {
+
+testutil::RunResult MustRun(const std::vector<std::string>& argv) {
+  testutil::RunResult r = testutil::Run(argv);
+  std::string cmd;
+  for (const std::string& a : argv) cmd += a + " ";
+  EXPECT_EQ(r.exit_code, 0) << cmd << "\nstderr: " << r.err;
+  return r;
+}
+
+void QemuImgCreate(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {"qemu-img", "create", "-q"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  MustRun(argv);
+}
+
+std::string ReadFile(const std::string& path, bool expect_ok) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    if (expect_ok) ADD_FAILURE() << "cannot open " << path;
+    return "";
+  }
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool IsMounted(const std::string& path) {
+  std::ifstream in("/proc/self/mounts");
+  std::string dev, dir, rest;
+  while (in >> dev >> dir) {
+    std::getline(in, rest);
+    if (dir == path) return true;
+  }
+  return false;
+}
+
+bool Mount::Start(const std::vector<std::string>& args, const std::string& mountpoint) {
+  mountpoint_ = mountpoint;
+  output_path_ = mountpoint + ".daemon-output";
+  std::vector<std::string> full = {CHAINFS_BINARY, "-f"};
+  full.insert(full.end(), args.begin(), args.end());
+  full.push_back(mountpoint);
+  std::vector<char*> argv;
+  for (std::string& a : full) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  int out = ::open(output_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (out < 0) {
+    ADD_FAILURE() << "cannot create " << output_path_;
+    return false;
+  }
+  exit_status_ = -1;
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    ::dup2(out, STDOUT_FILENO);
+    ::dup2(out, STDERR_FILENO);
+    int devnull = ::open("/dev/null", O_RDONLY);
+    if (devnull >= 0) ::dup2(devnull, STDIN_FILENO);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ::close(out);
+  if (pid_ < 0) {
+    ADD_FAILURE() << "fork failed";
+    return false;
+  }
+  std::string probe = mountpoint + "/.chainfs/version";
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < deadline) {
+    struct stat st {};
+    if (::stat(probe.c_str(), &st) == 0) return true;
+    int status = 0;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      ADD_FAILURE() << "chainfs exited early (status " << status << "):\n" << DaemonOutput();
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ADD_FAILURE() << "chainfs did not come up:\n" << DaemonOutput();
+  Stop();
+  return false;
+}
+
+int Mount::WaitExit(double seconds) {
+  if (pid_ <= 0) return 0;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  do {
+    int status = 0;
+    pid_t r = ::waitpid(pid_, &status, WNOHANG);
+    if (r == pid_ || (r < 0 && errno == ECHILD)) {
+      pid_ = -1;
+      exit_status_ = status;
+      return status;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  } while (std::chrono::steady_clock::now() < deadline);
+  return -1;
+}
+
+void Mount::Stop() {
+  if (mountpoint_.empty()) return;
+  if (IsMounted(mountpoint_)) testutil::Run({"fusermount3", "-u", mountpoint_});
+  if (pid_ > 0 && WaitExit(10) == -1) {
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+  if (IsMounted(mountpoint_)) testutil::Run({"fusermount3", "-uz", mountpoint_});
+  if (IsMounted(mountpoint_)) testutil::Run({"umount", "-l", mountpoint_});
+  mountpoint_.clear();
+}
+
+std::string Mount::DaemonOutput() const { return ReadFile(output_path_, false); }
+
+void MountTest::SetUp() {
+  pool_ = tmp_.Sub("pool");
+  mnt_ = tmp_.Sub("mnt");
+  // World-traversable, so that the unprivileged-user tests can reach the mount.
+  ASSERT_EQ(::chmod(tmp_.path().c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir(pool_.c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir(mnt_.c_str(), 0755), 0);
+}
+
+void MountTest::TearDown() {
+  bool was_running = mount_.pid() > 0;
+  if (was_running) {
+    mount_.Stop();
+    // A clean unmount ends the daemon with status 0 (under ASan this also
+    // means no leak and no error report).
+    int status = mount_.exit_status();
+    EXPECT_TRUE(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << "chainfs did not exit cleanly, wait status " << status;
+  }
+  if (HasFailure()) {
+    std::string out = mount_.DaemonOutput();
+    if (out.size() > 20000) out = out.substr(out.size() - 20000);
+    std::fprintf(stderr, "--- chainfs output ---\n%s--- end ---\n", out.c_str());
+  }
+  mount_.Stop();
+}
+
+bool MountTest::MountPool(const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {"--pool", "p=" + pool_};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return mount_.Start(args, mnt_);
+}
+
+void MountTest::MakeChain() {
+  QemuImgCreate({"-f", "raw", P("base.raw"), "64M"});
+  QemuImgCreate({"-f", "qcow2", "-b", "base.raw", "-F", "raw", P("mid.qcow2")});
+  QemuImgCreate({"-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", P("top.qcow2")});
+}
+
+std::string MountTest::Chainctl(const std::vector<std::string>& args, int* exit_code) {
+  std::vector<std::string> argv = {CHAINCTL_BINARY, "--pool", "p=" + pool_};
+  argv.insert(argv.end(), args.begin(), args.end());
+  testutil::RunResult r = testutil::Run(argv);
+  if (exit_code) {
+    *exit_code = r.exit_code;
+  } else {
+    EXPECT_EQ(r.exit_code, 0) << "chainctl failed: " << r.err;
+  }
+  return r.out;
+}
+
+}  // namespace chainfs::mounttest

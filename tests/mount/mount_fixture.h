@@ -1,0 +1,89 @@
+// Helpers for mount tests: a pool folder with qemu-img images, and a real
+// chainfs mount of it in a fresh temporary mountpoint that is always
+// unmounted (fusermount3 -u, then kill + waitpid of the daemon by PID).
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "util/run.h"
+
+namespace chainfs::mounttest {
+
+// Runs a command, failing the current test (with its stderr) if it exits non-zero.
+testutil::RunResult MustRun(const std::vector<std::string>& argv);
+
+// Makes images with qemu-img: `args` after "qemu-img create -q".
+void QemuImgCreate(const std::vector<std::string>& args);
+
+// Reads a whole file (through the mount or not); "" plus a test failure if
+// it cannot be opened and `expect_ok`.
+std::string ReadFile(const std::string& path, bool expect_ok = true);
+
+// Returns true if `path` is a mountpoint listed in /proc/self/mounts.
+bool IsMounted(const std::string& path);
+
+// A chainfs daemon in the foreground (-f), started by fork/exec.
+class Mount {
+ public:
+  Mount() = default;
+  Mount(const Mount&) = delete;
+  Mount& operator=(const Mount&) = delete;
+  ~Mount() { Stop(); }
+
+  // Starts `chainfs -f ARGS... MOUNTPOINT` and waits (up to 20 s) until
+  // MOUNTPOINT/.chainfs/version exists. Returns false (with a test failure
+  // and the daemon's output) if it does not come up.
+  bool Start(const std::vector<std::string>& args, const std::string& mountpoint);
+  // Unmounts with fusermount3 -u, waits for the daemon, kills it if it
+  // lingers, and lazily unmounts as a last resort. Idempotent.
+  void Stop();
+  // Waits up to `seconds` for the daemon to exit; returns its wait status
+  // or -1 if it is still running.
+  int WaitExit(double seconds);
+
+  pid_t pid() const { return pid_; }
+  // Returns the daemon's wait status once it has been reaped (-1 before,
+  // or if it had to be killed).
+  int exit_status() const { return exit_status_; }
+  const std::string& mountpoint() const { return mountpoint_; }
+  // Returns what the daemon wrote to stdout/stderr so far.
+  std::string DaemonOutput() const;
+
+ private:
+  pid_t pid_ = -1;
+  int exit_status_ = -1;
+  std::string mountpoint_;
+  std::string output_path_;
+};
+
+// A test with a pool folder POOL (= pool_) exposed as pool "p" and a
+// mountpoint; the mount is always torn down before the folder is removed.
+class MountTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+  // Stops the mount; on failure, shows what the daemon printed.
+  void TearDown() override;
+  // Mounts with `--pool p=POOL` plus `extra` options.
+  bool MountPool(const std::vector<std::string>& extra = {});
+  // Returns MOUNT/rel.
+  std::string M(const std::string& rel) const { return mnt_ + "/" + rel; }
+  // Returns POOL/name.
+  std::string P(const std::string& name) const { return pool_ + "/" + name; }
+  // Makes base.raw <- mid.qcow2 <- top.qcow2 (relative backing strings).
+  void MakeChain();
+  // Runs chainctl with the same pool and returns its stdout; `exit_code`
+  // receives the exit status when given (else non-zero fails the test).
+  std::string Chainctl(const std::vector<std::string>& args, int* exit_code = nullptr);
+
+  testutil::ScopedTempDir tmp_;  // destroyed after mount_
+  std::string pool_;
+  std::string mnt_;
+  Mount mount_;
+};
+
+}  // namespace chainfs::mounttest
