@@ -12,7 +12,9 @@
 #include <cstring>
 #include <vector>
 
-#include "core/util/endian.h"
+#include "core/format/qcow2/header.h"
+#include "core/format/qcow2/writer.h"
+#include "core/io/file.h"
 
 extern char** environ;
 
@@ -23,13 +25,6 @@ namespace {
 using core::Code;
 using core::Error;
 using core::Status;
-
-constexpr uint32_t kQcow2Magic = 0x514649fb;
-constexpr uint32_t kExtBackingFormat = 0xE2792ACA;
-
-// Callers check off + 4 / off + 8 against b.size() first.
-uint32_t Be32(const std::vector<uint8_t>& b, size_t off) { return core::LoadBe32(b.data() + off); }
-uint64_t Be64(const std::vector<uint8_t>& b, size_t off) { return core::LoadBe64(b.data() + off); }
 
 // Runs qemu-img with `args` in `dir`, stdout to /dev/null.
 Status RunQemuImg(const std::string& dir, const std::vector<std::string>& args) {
@@ -61,58 +56,14 @@ Status RunQemuImg(const std::string& dir, const std::vector<std::string>& args) 
 }  // namespace
 
 Status StripQcow2BackingFormat(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-  if (fd < 0) return Status::FromErrno(errno, "open " + path);
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
-  struct stat st {};
-  if (fstat(fd, &st) != 0) return Status::FromErrno(errno, "fstat " + path);
-  std::vector<uint8_t> head(std::min<uint64_t>(uint64_t(st.st_size), 2 * 1024 * 1024));
-  ssize_t got = pread(fd, head.data(), head.size(), 0);
-  if (got < 0) return Status::FromErrno(errno, "read " + path);
-  head.resize(size_t(got));
-  if (head.size() < 104 || Be32(head, 0) != kQcow2Magic) {
-    return Error(Code::kCorrupt, "{}: not a qcow2 image", path);
-  }
-  uint32_t version = Be32(head, 4);
-  uint64_t backing_offset = Be64(head, 8);
-  uint32_t cluster_bits = Be32(head, 20);
-  if (version < 2 || version > 3 || cluster_bits < 9 || cluster_bits > 21) {
-    return Error(Code::kCorrupt, "{}: unexpected qcow2 header", path);
-  }
-  size_t ext_start = version == 2 ? 72 : Be32(head, 100);
-  size_t limit = std::min<size_t>(size_t(1) << cluster_bits, head.size());
-  if (backing_offset > ext_start && backing_offset < limit) limit = size_t(backing_offset);
-  if (ext_start < 72 || ext_start >= limit) return Error(Code::kCorrupt, "{}: bad header length", path);
-
-  std::vector<uint8_t> kept;
-  bool found = false;
-  size_t off = ext_start;
-  for (;;) {
-    if (off + 8 > limit) return Error(Code::kCorrupt, "{}: header extensions run past {}", path, limit);
-    uint32_t type = Be32(head, off);
-    uint32_t len = Be32(head, off + 4);
-    if (type == 0) break;
-    size_t padded = (size_t(len) + 7) & ~size_t(7);
-    if (padded > limit - off - 8) return Error(Code::kCorrupt, "{}: header extension too long", path);
-    if (type == kExtBackingFormat) {
-      found = true;
-    } else {
-      kept.insert(kept.end(), head.begin() + long(off), head.begin() + long(off + 8 + padded));
-    }
-    off += 8 + padded;
-  }
-  if (!found) return Error(Code::kNotFound, "{}: no backing format recorded", path);
-  size_t old_end = off + 8;  // including the end marker
-  std::vector<uint8_t> area(old_end - ext_start, 0);
-  std::copy(kept.begin(), kept.end(), area.begin());  // zero tail = end marker + padding
-  if (pwrite(fd, area.data(), area.size(), off_t(ext_start)) != ssize_t(area.size())) {
-    return Status::FromErrno(errno, "write " + path);
-  }
-  if (fsync(fd) != 0) return Status::FromErrno(errno, "fsync " + path);
-  return Status::Ok();
+  core::Result<core::File> file = core::File::OpenRead(path);
+  if (!file.ok()) return file.status();
+  core::Result<core::Qcow2Header> h = core::ParseQcow2Header(*file);
+  if (!h.ok()) return Error(Code::kCorrupt, "{}: not a qcow2 image this code understands: {}", path,
+                            h.status().message());
+  if (!h->backing_format) return Error(Code::kNotFound, "{}: no backing format recorded", path);
+  // The engine's own header rewrite: keeps every other extension, one pwrite + fsync.
+  return core::RewriteBacking(path, h->backing_file, std::nullopt);
 }
 
 core::Result<std::string> MakeDemoPool() {

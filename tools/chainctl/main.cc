@@ -8,10 +8,13 @@
 #include <string>
 #include <vector>
 
+#include "core/chain/backing_ref.h"
 #include "core/chain/inspector.h"
 #include "core/chain/resolver.h"
 #include "core/pool/catalog.h"
 #include "core/render/render.h"
+#include "core/write/create.h"
+#include "core/write/retarget.h"
 
 namespace chainfs::tools {
 namespace {
@@ -19,7 +22,7 @@ namespace {
 using core::Chain;
 
 constexpr int kExitOk = 0;
-constexpr int kExitProblems = 1;  // `check` found problems
+constexpr int kExitProblems = 1;  // `check` found problems; create/rebase refused
 constexpr int kExitError = 2;     // usage error or the image cannot be read
 
 constexpr const char* kUsage =
@@ -33,6 +36,10 @@ constexpr const char* kUsage =
     "  check IMAGE              problems with their fixes; exit 0 healthy, 1 problems\n"
     "  xml volume|disk IMAGE    the volume as virsh vol-dumpxml, or a domain <disk>\n"
     "  pools                    pools, their paths and volume counts\n"
+    "  create -b BACKING [-F FMT] NEW\n"
+    "                           make NEW a qcow2 v3 overlay of BACKING\n"
+    "  rebase -u -b BACKING [-F FMT] IMAGE\n"
+    "                           point IMAGE at another backing file (metadata only)\n"
     "\n"
     "Options:\n"
     "  --pool-dir DIR     read libvirt pool definitions from DIR\n"
@@ -41,7 +48,8 @@ constexpr const char* kUsage =
     "  -h, --help         show this help\n"
     "  --version          show the version\n"
     "\n"
-    "Exit status: 0 success, 1 problems found (check), 2 error.\n"
+    "Exit status: 0 success, 1 problems found (check) or operation refused\n"
+    "(create, rebase), 2 usage error or unreadable image.\n"
     "See chainctl(1).\n";
 
 // The state every command shares: the pools (for phrasing fixes as file
@@ -167,6 +175,97 @@ int CmdPools(Context& ctx, const std::vector<std::string>& args) {
   return WriteOut(out) ? kExitOk : kExitError;
 }
 
+// Prints a refused operation's reason and returns its exit code.
+int Refused(const std::string& op, const core::Status& s) {
+  std::fprintf(stderr, "chainctl: %s: %s\n", op.c_str(), s.message().c_str());
+  return kExitProblems;
+}
+
+// Parses "-b X", "-F X", "-u" style options of create and rebase.
+struct WriteArgs {
+  std::optional<std::string> backing;
+  std::optional<std::string> format;
+  bool unsafe = false;
+  std::vector<std::string> positional;
+};
+
+bool ParseWriteArgs(const std::string& cmd, const std::vector<std::string>& args, bool allow_u,
+                    WriteArgs* out, int* rc) {
+  for (size_t k = 0; k < args.size(); ++k) {
+    const std::string& a = args[k];
+    auto take = [&](std::optional<std::string>* slot) {
+      if (a.size() > 2) {
+        *slot = a.substr(2);
+        return true;
+      }
+      if (k + 1 >= args.size()) return false;
+      *slot = args[++k];
+      return true;
+    };
+    if (a.rfind("-b", 0) == 0) {
+      if (!take(&out->backing)) {
+        *rc = UsageError(cmd + ": -b needs a value");
+        return false;
+      }
+    } else if (a.rfind("-F", 0) == 0) {
+      if (!take(&out->format)) {
+        *rc = UsageError(cmd + ": -F needs a value");
+        return false;
+      }
+    } else if (a == "-u" && allow_u) {
+      out->unsafe = true;
+    } else if (!a.empty() && a[0] == '-' && a != "-") {
+      *rc = UsageError(cmd + ": unknown option '" + a + "'");
+      return false;
+    } else {
+      out->positional.push_back(a);
+    }
+  }
+  return true;
+}
+
+int CmdCreate(Context& ctx, const std::vector<std::string>& args) {
+  WriteArgs w;
+  int rc = 0;
+  if (!ParseWriteArgs("create", args, false, &w, &rc)) return rc;
+  if (!w.backing) return UsageError("create: missing -b BACKING");
+  if (w.positional.size() != 1) return UsageError("create: expected exactly one NEW image");
+  std::string new_path = Absolute(w.positional[0]);
+  // The backing string is recorded as given; a relative one is relative to
+  // the new image's directory, as qemu-img create -b does.
+  core::Result<core::BackingRef> ref = core::ClassifyBacking(*w.backing, new_path);
+  if (!ref.ok()) return Refused("create", ref.status());
+  if (!ref->IsLocal()) {
+    return Refused("create", core::Status(core::Code::kInvalidArgument,
+                                          "create takes a file as backing; for network storage "
+                                          "use chainctl rebase -u -F FMT"));
+  }
+  core::TrustContext trust = ctx.catalog.MakeTrustContext(ctx.inspector);
+  core::Status s = core::CreateOverlay(ctx.inspector, new_path, *w.backing, ref->resolved_path,
+                                       w.format, trust);
+  if (!s.ok()) return Refused("create", s);
+  return kExitOk;
+}
+
+int CmdRebase(Context& ctx, const std::vector<std::string>& args) {
+  WriteArgs w;
+  int rc = 0;
+  if (!ParseWriteArgs("rebase", args, true, &w, &rc)) return rc;
+  if (!w.backing) return UsageError("rebase: missing -b BACKING");
+  if (w.positional.size() != 1) return UsageError("rebase: expected exactly one IMAGE");
+  if (!w.unsafe) {
+    return Refused("rebase", core::Status(core::Code::kUnsupported,
+                                          "the data-preserving rebase is not available yet; "
+                                          "use -u for a metadata-only retarget"));
+  }
+  std::string path = Absolute(w.positional[0]);
+  core::TrustContext trust = ctx.catalog.MakeTrustContext(ctx.inspector);
+  core::Status s = w.format ? core::Retarget(ctx.inspector, path, *w.backing, *w.format, trust)
+                            : core::Retarget(ctx.inspector, path, *w.backing, trust);
+  if (!s.ok()) return Refused("rebase", s);
+  return kExitOk;
+}
+
 int Main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   core::PoolSources sources;
@@ -242,6 +341,8 @@ int Main(int argc, char** argv) {
   if (command == "check") return CmdCheck(ctx, rest);
   if (command == "xml") return CmdXml(ctx, rest);
   if (command == "pools") return CmdPools(ctx, rest);
+  if (command == "create") return CmdCreate(ctx, rest);
+  if (command == "rebase") return CmdRebase(ctx, rest);
   return UsageError("unknown command '" + command + "'");
 }
 
