@@ -50,12 +50,14 @@ std::string NormalizePathLexically(std::string_view path) {
     if (!part.empty() && part != ".") parts.push_back(part);
     i = j + 1;
   }
-  if (absolute) out = "/";
+  // push_back rather than assigning literals: GCC 12 -O2 warns falsely
+  // (-Wrestrict) on the latter.
+  if (absolute) out.push_back('/');
   for (size_t k = 0; k < parts.size(); ++k) {
     if (k > 0) out += '/';
     out += parts[k];
   }
-  if (out.empty()) out = absolute ? "/" : ".";
+  if (out.empty()) out.push_back(absolute ? '/' : '.');
   return out;
 }
 

@@ -230,5 +230,41 @@ TEST_F(ChainctlTest, RebaseUnsafeRefusesMissingTarget) {
   EXPECT_EQ(Slurp(P("top.qcow2")), before);
 }
 
+TEST_F(ChainctlTest, MapJsonMatchesQemuImgMapAndCatMatchesConvert) {
+  QemuImg({"create", "-q", "-f", "raw", P("base.raw"), "4M"});
+  ASSERT_EQ(testutil::Run({"qemu-io", "-f", "raw", "-c", "write -P 0x11 0 1M", P("base.raw")}).exit_code, 0);
+  QemuImg({"create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", P("mid.qcow2")});
+  ASSERT_EQ(testutil::Run({"qemu-io", "-f", "qcow2", "-c", "write -P 0x22 512k 1M", "-c",
+                           "write -z 3M 64k", P("mid.qcow2")}).exit_code, 0);
+  QemuImg({"create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", P("top.qcow2"), "6M"});
+  ASSERT_EQ(testutil::Run({"qemu-io", "-f", "qcow2", "-c", "write -P 0x33 1M 64k", P("top.qcow2")}).exit_code, 0);
+  RunResult ours = Chainctl({"map", "--json", P("top.qcow2")});
+  ASSERT_EQ(ours.exit_code, 0) << ours.err;
+  RunResult theirs = testutil::Run({"qemu-img", "map", "--output=json", P("top.qcow2")});
+  ASSERT_EQ(theirs.exit_code, 0);
+  EXPECT_EQ(ours.out, theirs.out);
+  RunResult human = Chainctl({"map", P("top.qcow2")});
+  EXPECT_EQ(human.exit_code, 0);
+  EXPECT_NE(human.out.find("Offset          Length          Mapped to       File"), std::string::npos);
+  // cat writes exactly the guest-visible bytes qemu-img convert produces.
+  RunResult cat = testutil::Run({"sh", "-c", std::string(CHAINCTL_BINARY) + " cat " + P("top.qcow2") +
+                                                 " > " + P("ours.raw")});
+  ASSERT_EQ(cat.exit_code, 0) << cat.err;
+  QemuImg({"convert", "-O", "raw", P("top.qcow2"), P("theirs.raw")});
+  std::string a = Slurp(P("ours.raw")), b = Slurp(P("theirs.raw"));
+  EXPECT_EQ(a.size(), 6u << 20);
+  EXPECT_TRUE(a == b);
+}
+
+TEST_F(ChainctlTest, MapAndCatRefuseABrokenChain) {
+  QemuImg({"create", "-q", "-f", "qcow2", "-u", "-b", "gone.raw", "-F", "raw", P("top.qcow2"), "1M"});
+  RunResult m = Chainctl({"map", P("top.qcow2")});
+  EXPECT_EQ(m.exit_code, 2);
+  EXPECT_NE(m.err.find("gone.raw"), std::string::npos) << m.err;
+  RunResult c = testutil::Run({"sh", "-c", std::string(CHAINCTL_BINARY) + " cat " + P("top.qcow2") +
+                                               " > /dev/null"});
+  EXPECT_EQ(c.exit_code, 2);
+}
+
 }  // namespace
 }  // namespace chainfs

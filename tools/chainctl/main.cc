@@ -10,6 +10,7 @@
 
 #include "core/chain/backing_ref.h"
 #include "core/chain/inspector.h"
+#include "core/data/chain_reader.h"
 #include "core/chain/resolver.h"
 #include "core/pool/catalog.h"
 #include "core/render/render.h"
@@ -36,6 +37,8 @@ constexpr const char* kUsage =
     "  check IMAGE              problems with their fixes; exit 0 healthy, 1 problems\n"
     "  xml volume|disk IMAGE    the volume as virsh vol-dumpxml, or a domain <disk>\n"
     "  pools                    pools, their paths and volume counts\n"
+    "  map [--json] IMAGE       allocation by chain depth, as qemu-img map\n"
+    "  cat IMAGE                the chain's guest-visible bytes to stdout\n"
     "  create -b BACKING [-F FMT] NEW\n"
     "                           make NEW a qcow2 v3 overlay of BACKING\n"
     "  rebase -u -b BACKING [-F FMT] IMAGE\n"
@@ -173,6 +176,81 @@ int CmdPools(Context& ctx, const std::vector<std::string>& args) {
     out += fmt::format("{}\t{}\t{}\n", pool.name, pool.target_path, scan->volumes.size());
   }
   return WriteOut(out) ? kExitOk : kExitError;
+}
+
+// Opens a data reader over IMAGE's chain; prints why not on failure.
+std::unique_ptr<core::ChainReader> OpenData(Context& ctx, const std::string& image) {
+  Chain chain;
+  if (!ResolveTop(ctx, image, &chain)) return nullptr;
+  core::Result<std::unique_ptr<core::ChainReader>> reader = core::ChainReader::Open(chain);
+  if (!reader.ok()) {
+    std::fprintf(stderr, "chainctl: %s\n", reader.status().message().c_str());
+    return nullptr;
+  }
+  return std::move(*reader);
+}
+
+int CmdMap(Context& ctx, const std::vector<std::string>& args) {
+  bool json = false;
+  std::vector<std::string> images;
+  for (const std::string& a : args) {
+    if (a == "--json" || a == "--output=json") {
+      json = true;
+    } else if (!a.empty() && a[0] == '-') {
+      return UsageError("map: unknown option '" + a + "'");
+    } else {
+      images.push_back(a);
+    }
+  }
+  if (images.size() != 1) return UsageError("map: expected exactly one IMAGE");
+  std::unique_ptr<core::ChainReader> reader = OpenData(ctx, images[0]);
+  if (!reader) return kExitError;
+  core::Result<std::vector<core::MapExtent>> extents = reader->Map();
+  if (!extents.ok()) {
+    std::fprintf(stderr, "chainctl: map: %s\n", extents.status().message().c_str());
+    return kExitError;
+  }
+  if (json) return WriteOut(core::MapToJson(*extents)) ? kExitOk : kExitError;
+  core::Result<std::string> human = core::MapToHuman(*extents);
+  if (!human.ok()) {
+    std::fprintf(stderr, "chainctl: map: %s (use --json)\n", human.status().message().c_str());
+    return kExitError;
+  }
+  return WriteOut(*human) ? kExitOk : kExitError;
+}
+
+int CmdCat(Context& ctx, const std::vector<std::string>& args) {
+  if (args.size() != 1 || (!args[0].empty() && args[0][0] == '-')) {
+    return UsageError("cat: expected exactly one IMAGE");
+  }
+  if (::isatty(STDOUT_FILENO)) {
+    std::fprintf(stderr, "chainctl: cat: refusing to write a disk image to a terminal; "
+                         "redirect stdout\n");
+    return kExitError;
+  }
+  std::unique_ptr<core::ChainReader> reader = OpenData(ctx, args[0]);
+  if (!reader) return kExitError;
+  core::Status s = reader->ReadStream(
+      0, reader->Size(), [](uint64_t, std::span<const uint8_t> bytes) -> core::Status {
+        const uint8_t* p = bytes.data();
+        size_t left = bytes.size();
+        while (left > 0) {
+          ssize_t n = ::write(STDOUT_FILENO, p, left);
+          if (n < 0) {
+            int err = errno;
+            if (err == EINTR) continue;
+            return core::Status::FromErrno(err, "write to stdout");
+          }
+          p += n;
+          left -= size_t(n);
+        }
+        return core::Status::Ok();
+      });
+  if (!s.ok()) {
+    std::fprintf(stderr, "chainctl: cat: %s\n", s.message().c_str());
+    return kExitError;
+  }
+  return kExitOk;
 }
 
 // Prints a refused operation's reason and returns its exit code.
@@ -341,6 +419,8 @@ int Main(int argc, char** argv) {
   if (command == "check") return CmdCheck(ctx, rest);
   if (command == "xml") return CmdXml(ctx, rest);
   if (command == "pools") return CmdPools(ctx, rest);
+  if (command == "map") return CmdMap(ctx, rest);
+  if (command == "cat") return CmdCat(ctx, rest);
   if (command == "create") return CmdCreate(ctx, rest);
   if (command == "rebase") return CmdRebase(ctx, rest);
   return UsageError("unknown command '" + command + "'");
