@@ -256,6 +256,42 @@ TEST_F(ChainctlTest, MapJsonMatchesQemuImgMapAndCatMatchesConvert) {
   EXPECT_TRUE(a == b);
 }
 
+TEST_F(ChainctlTest, SafeRebaseOntoOtherBaseAndFlattenKeepGuestContent) {
+  QemuImg({"create", "-q", "-f", "raw", P("base.raw"), "4M"});
+  ASSERT_EQ(testutil::Run({"qemu-io", "-f", "raw", "-c", "write -P 0x11 0 2M", P("base.raw")}).exit_code, 0);
+  QemuImg({"create", "-q", "-f", "raw", P("other.raw"), "2M"});
+  ASSERT_EQ(testutil::Run({"qemu-io", "-f", "raw", "-c", "write -P 0x11 0 1M", P("other.raw")}).exit_code, 0);
+  QemuImg({"create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", P("top.qcow2")});
+  ASSERT_EQ(testutil::Run({"qemu-io", "-f", "qcow2", "-c", "write -P 0x22 512k 64k", P("top.qcow2")}).exit_code, 0);
+  QemuImg({"convert", "-O", "raw", P("top.qcow2"), P("before.raw")});
+
+  RunResult r = Chainctl({"rebase", "-b", "other.raw", "-F", "raw", P("top.qcow2")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err, "");  // no progress bar when stderr is not a terminal
+  RunResult info = testutil::Run({"qemu-img", "info", "--output=json", P("top.qcow2")});
+  EXPECT_NE(info.out.find("\"backing-filename\": \"other.raw\""), std::string::npos) << info.out;
+  EXPECT_EQ(testutil::Run({"qemu-img", "check", P("top.qcow2")}).exit_code, 0);
+  RunResult cmp = testutil::Run({"qemu-img", "compare", P("top.qcow2"), P("before.raw")});
+  EXPECT_EQ(cmp.exit_code, 0) << cmp.out;
+
+  RunResult f = Chainctl({"rebase", "-b", "", P("top.qcow2")});
+  ASSERT_EQ(f.exit_code, 0) << f.err;
+  RunResult info2 = testutil::Run({"qemu-img", "info", "--output=json", P("top.qcow2")});
+  EXPECT_EQ(info2.out.find("backing-filename"), std::string::npos) << info2.out;
+  EXPECT_EQ(testutil::Run({"qemu-img", "check", P("top.qcow2")}).exit_code, 0);
+  RunResult cmp2 = testutil::Run({"qemu-img", "compare", P("top.qcow2"), P("before.raw")});
+  EXPECT_EQ(cmp2.exit_code, 0) << cmp2.out;
+}
+
+TEST_F(ChainctlTest, SafeRebaseRefusesMissingTargetAndChangesNothing) {
+  MakeChain();
+  std::string before = Slurp(P("top.qcow2"));
+  RunResult r = Chainctl({"rebase", "-b", "nothere.raw", P("top.qcow2")});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("nothere.raw"), std::string::npos) << r.err;
+  EXPECT_EQ(Slurp(P("top.qcow2")), before);
+}
+
 TEST_F(ChainctlTest, MapAndCatRefuseABrokenChain) {
   QemuImg({"create", "-q", "-f", "qcow2", "-u", "-b", "gone.raw", "-F", "raw", P("top.qcow2"), "1M"});
   RunResult m = Chainctl({"map", P("top.qcow2")});

@@ -15,6 +15,7 @@
 #include "core/pool/catalog.h"
 #include "core/render/render.h"
 #include "core/write/create.h"
+#include "core/write/rebase.h"
 #include "core/write/retarget.h"
 
 namespace chainfs::tools {
@@ -41,8 +42,9 @@ constexpr const char* kUsage =
     "  cat IMAGE                the chain's guest-visible bytes to stdout\n"
     "  create -b BACKING [-F FMT] NEW\n"
     "                           make NEW a qcow2 v3 overlay of BACKING\n"
-    "  rebase -u -b BACKING [-F FMT] IMAGE\n"
-    "                           point IMAGE at another backing file (metadata only)\n"
+    "  rebase [-u] -b BACKING [-F FMT] IMAGE\n"
+    "                           rebase IMAGE onto BACKING, copying what differs;\n"
+    "                           -b \"\" flattens; -u only rewrites the pointer\n"
     "\n"
     "Options:\n"
     "  --pool-dir DIR     read libvirt pool definitions from DIR\n"
@@ -331,13 +333,28 @@ int CmdRebase(Context& ctx, const std::vector<std::string>& args) {
   if (!ParseWriteArgs("rebase", args, true, &w, &rc)) return rc;
   if (!w.backing) return UsageError("rebase: missing -b BACKING");
   if (w.positional.size() != 1) return UsageError("rebase: expected exactly one IMAGE");
-  if (!w.unsafe) {
-    return Refused("rebase", core::Status(core::Code::kUnsupported,
-                                          "the data-preserving rebase is not available yet; "
-                                          "use -u for a metadata-only retarget"));
-  }
   std::string path = Absolute(w.positional[0]);
   core::TrustContext trust = ctx.catalog.MakeTrustContext(ctx.inspector);
+  if (!w.unsafe) {
+    // A progress bar on a terminal, as qemu-img -p does; nothing otherwise.
+    bool tty = ::isatty(STDERR_FILENO);
+    int last_percent = -1;
+    core::ProgressFn progress = [&](uint64_t done, uint64_t total) {
+      if (!tty) return;
+      int percent = total ? int(done * 100 / total) : 100;
+      if (percent == last_percent) return;
+      last_percent = percent;
+      int bar = percent / 4;
+      std::fprintf(stderr, "\r    (%3d.00/100%%) [%-25s]", percent, std::string(size_t(bar), '#').c_str());
+      std::fflush(stderr);
+    };
+    std::optional<std::string> target;
+    if (!w.backing->empty()) target = *w.backing;
+    core::Status s = core::SafeRebase(ctx.inspector, path, target, w.format, trust, progress);
+    if (tty && last_percent >= 0) std::fputc('\n', stderr);
+    if (!s.ok()) return Refused("rebase", s);
+    return kExitOk;
+  }
   core::Status s = w.format ? core::Retarget(ctx.inspector, path, *w.backing, *w.format, trust)
                             : core::Retarget(ctx.inspector, path, *w.backing, trust);
   if (!s.ok()) return Refused("rebase", s);

@@ -90,11 +90,13 @@ std::vector<uint8_t> Bytes(std::string_view s) { return std::vector<uint8_t>(s.b
 // Splits "DIR/NAME" into an openable directory and the name.
 Status SplitPath(const std::string& path, std::string& dir, std::string& name) {
   size_t slash = path.find_last_of('/');
+  // assign(count, char) rather than string literals: GCC 12 -O2 warns
+  // falsely (-Wrestrict) on assigning a literal to an out-parameter.
   if (slash == std::string::npos) {
-    dir = ".";
+    dir.assign(1, '.');
     name = path;
   } else {
-    dir = slash == 0 ? "/" : path.substr(0, slash);
+    dir = slash == 0 ? std::string(1, '/') : path.substr(0, slash);
     name = path.substr(slash + 1);
   }
   if (name.empty() || name == "." || name == "..") {
