@@ -1,8 +1,22 @@
 #include "fs/chain_cache.h"
 
+#include <sys/stat.h>
+
 #include "core/io/file.h"
+#include "core/pool/catalog.h"
 
 namespace chainfs::fs {
+
+namespace {
+
+std::string DirOf(const std::string& norm) {
+  size_t slash = norm.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return norm.substr(0, slash);
+}
+
+}  // namespace
 
 std::string ChainSnapshot::Rendered(const std::string& name,
                                     const std::function<std::string()>& render) const {
@@ -16,17 +30,40 @@ std::string ChainSnapshot::Rendered(const std::string& name,
   return rendered_.emplace(name, std::move(text)).first->second;
 }
 
-bool ChainCache::StillValid(const ChainSnapshot& snap) const {
+bool ChainCache::Revalidate(const ChainSnapshot& snap) const {
   const core::Chain& chain = snap.chain();
   if (!chain.complete) return false;
+  const core::ChangeMonitor* monitor = monitor_.load();
+  // Whether the monitor covers every element is decided before its epoch
+  // is taken, and the stats below come after it (change_monitor.h).
+  bool covered = monitor != nullptr;
+  for (size_t i = 0; covered && i < chain.elements.size(); ++i) {
+    const core::ChainElement& e = chain.elements[i];
+    if (!e.network && !monitor->Watches(DirOf(core::NormalizePathLexically(e.path)))) {
+      covered = false;
+    }
+  }
+  std::optional<uint64_t> epoch = covered ? monitor->QuietEpoch() : std::nullopt;
   for (size_t i = 0; i < chain.elements.size(); ++i) {
     const core::ChainElement& e = chain.elements[i];
     if (e.network) continue;
-    core::Result<core::FileStat> st = core::StatPath(e.path);
     const std::optional<core::FileIdentity>& then = snap.ids()[i];
-    if (st.ok() != then.has_value()) return false;
-    if (st.ok() && !(st->id == *then)) return false;
+    // lstat first: for the usual plain file it is the stat we need, and it
+    // tells whether inotify on the file's directory sees all its changes.
+    struct stat lst;
+    std::optional<core::FileIdentity> now;
+    if (::lstat(e.path.c_str(), &lst) == 0 && !S_ISLNK(lst.st_mode)) {
+      now = core::FromStat(lst).id;
+      if (!S_ISREG(lst.st_mode) || lst.st_nlink != 1) epoch.reset();
+    } else {
+      epoch.reset();  // a symlink: its target's directory may not be watched
+      core::Result<core::FileStat> st = core::StatPath(e.path);
+      if (st.ok()) now = st->id;
+    }
+    if (now.has_value() != then.has_value()) return false;
+    if (now && !(*now == *then)) return false;
   }
+  if (epoch) snap.set_quiet_epoch(*epoch);
   return true;
 }
 
@@ -40,9 +77,21 @@ std::shared_ptr<const ChainSnapshot> ChainCache::Get(const std::string& path) {
       lru_.splice(lru_.begin(), lru_, it->second.lru);
     }
   }
-  if (cached && StillValid(*cached)) {
-    ++hits_;
-    return cached;
+  if (cached) {
+    // Fast path: validated in the monitor's current quiet epoch.
+    const core::ChangeMonitor* monitor = monitor_.load();
+    uint64_t validated = cached->quiet_epoch();
+    if (monitor && validated != ChainSnapshot::kNoEpoch) {
+      std::optional<uint64_t> now = monitor->QuietEpoch();
+      if (now && *now == validated) {
+        ++hits_;
+        return cached;
+      }
+    }
+    if (Revalidate(*cached)) {
+      ++hits_;
+      return cached;
+    }
   }
   ++misses_;
   core::ResolveOptions options;
@@ -79,6 +128,31 @@ std::shared_ptr<const ChainSnapshot> ChainCache::Get(const std::string& path) {
     }
   }
   return snap;
+}
+
+void ChainCache::Invalidate(const std::string& path) {
+  std::string norm = core::NormalizePathLexically(path);
+  core::Result<core::FileStat> st = core::StatPath(path);
+  std::vector<std::shared_ptr<const ChainSnapshot>> dropped;  // released after unlock
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    const ChainSnapshot& snap = *it->second.snap;
+    bool uses = false;
+    for (size_t i = 0; i < snap.chain().elements.size() && !uses; ++i) {
+      const core::ChainElement& e = snap.chain().elements[i];
+      if (e.network) continue;
+      uses = core::NormalizePathLexically(e.path) == norm;
+      const std::optional<core::FileIdentity>& id = snap.ids()[i];
+      if (!uses && st.ok() && id) uses = id->dev == st->id.dev && id->ino == st->id.ino;
+    }
+    if (uses) {
+      dropped.push_back(std::move(it->second.snap));
+      lru_.erase(it->second.lru);
+      it = entries_.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 void ChainCache::Clear() {

@@ -1,6 +1,17 @@
 // ChainCache: resolved chains of pool volumes, revalidated on every use by
 // re-stating each element (dev, ino, size, mtime, ctime), plus the documents
 // rendered from them.
+//
+// The re-stat is skipped when a ChangeMonitor (the mount's inotify watcher)
+// vouches that nothing changed: a snapshot validated by stat in quiet epoch
+// E is reused without any stat for as long as the monitor still reports E.
+// That is exact, not eventual: the kernel queues the inotify event of a
+// change before the changing system call returns, and QuietEpoch() fails
+// while any event is queued or being applied. It only applies to chains
+// whose every element is a regular file with one link, not a symlink, in a
+// directory watched on a local filesystem -- the cases where every change
+// of the element raises an event in a watched directory; other chains are
+// re-stat'ed on every use as before.
 #pragma once
 
 #include <atomic>
@@ -18,6 +29,7 @@
 #include "core/chain/chain.h"
 #include "core/chain/inspector.h"
 #include "core/chain/resolver.h"
+#include "core/pool/change_monitor.h"
 
 namespace chainfs::fs {
 
@@ -34,10 +46,16 @@ class ChainSnapshot {
   const std::vector<std::optional<core::FileIdentity>>& ids() const { return ids_; }
   // Returns the memoized result of render() for `name`, rendering it once.
   std::string Rendered(const std::string& name, const std::function<std::string()>& render) const;
+  // Returns the change-monitor epoch in which this snapshot was last
+  // validated (kNoEpoch: never; real epochs are even).
+  uint64_t quiet_epoch() const { return quiet_epoch_.load(std::memory_order_acquire); }
+  void set_quiet_epoch(uint64_t epoch) const { quiet_epoch_.store(epoch, std::memory_order_release); }
+  static constexpr uint64_t kNoEpoch = 1;
 
  private:
   core::Chain chain_;
   std::vector<std::optional<core::FileIdentity>> ids_;
+  mutable std::atomic<uint64_t> quiet_epoch_{kNoEpoch};
   mutable std::mutex mu_;                                // guards rendered_
   mutable std::map<std::string, std::string> rendered_;  // guarded by mu_
 };
@@ -54,7 +72,7 @@ struct ChainCacheStats {
 class ChainCache {
  public:
   ChainCache(core::ImageInspector& inspector, core::VolumeLocator locate,
-             size_t max_entries = 4096)
+             size_t max_entries = 1024)
       : inspector_(inspector), locate_(std::move(locate)), max_entries_(max_entries) {}
 
   // Returns the current chain of the image at absolute `path`: the cached
@@ -64,18 +82,29 @@ class ChainCache {
   std::shared_ptr<const ChainSnapshot> Get(const std::string& path);
   // Drops every entry (pool definitions changed, so fixes may read differently).
   void Clear();
+  // Drops every cached chain that has the image at absolute `path` as an
+  // element (compared lexically and by (dev, ino) when it can be stat'ed),
+  // so the next Get re-resolves it. For the write side, after it changed an
+  // image; cheap enough to call after every change.
+  void Invalidate(const std::string& path);
+  // Sets (or clears, with nullptr) the monitor that lets snapshots be reused
+  // without re-stating their elements. It must outlive its use.
+  void set_change_monitor(const core::ChangeMonitor* monitor) { monitor_.store(monitor); }
   ChainCacheStats stats() const;
   // Sets a hook called (outside locks) with every newly resolved chain, so
   // the daemon can watch the directories of elements outside the pools.
   void set_on_resolved(std::function<void(const core::Chain&)> hook) { on_resolved_ = std::move(hook); }
 
  private:
-  bool StillValid(const ChainSnapshot& snap) const;
+  // Re-stats every element of `snap`; on success, records the epoch it is
+  // valid in when the monitor can vouch for all its elements.
+  bool Revalidate(const ChainSnapshot& snap) const;
 
   core::ImageInspector& inspector_;
   core::VolumeLocator locate_;
   size_t max_entries_;
   std::function<void(const core::Chain&)> on_resolved_;  // set before use
+  std::atomic<const core::ChangeMonitor*> monitor_{nullptr};
 
   mutable std::mutex mu_;
   using Lru = std::list<std::string>;

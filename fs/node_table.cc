@@ -1,6 +1,38 @@
 #include "fs/node_table.h"
 
+#include <charconv>
+
 namespace chainfs::fs {
+
+NodeTable::Node& NodeTable::Insert(uint64_t ino, const NodeKey& key, std::string encoded) {
+  auto [it, added] = by_key_.emplace(std::move(encoded), ino);
+  it->second = ino;
+  Node& node = by_ino_[ino];
+  node.encoded = &it->first;
+  node.pool_len = static_cast<uint16_t>(key.pool.size());
+  node.volume_len = static_cast<uint16_t>(key.volume.size());
+  return node;
+}
+
+// Encode() is "POOL/VOLUME/KIND/INDEX/FILE"; the lengths recorded at insert
+// time split it even if a name held a '/'.
+NodeKey NodeTable::Decode(const Node& node) {
+  const std::string& e = *node.encoded;
+  NodeKey key;
+  size_t pos = 0;
+  key.pool = e.substr(0, node.pool_len);
+  pos = size_t(node.pool_len) + 1;
+  key.volume = e.substr(pos, node.volume_len);
+  pos += size_t(node.volume_len) + 1;
+  int kind = 0;
+  auto r = std::from_chars(e.data() + pos, e.data() + e.size(), kind);
+  key.kind = static_cast<NodeKind>(kind);
+  pos = size_t(r.ptr - e.data()) + 1;
+  r = std::from_chars(e.data() + std::min(pos, e.size()), e.data() + e.size(), key.index);
+  pos = size_t(r.ptr - e.data()) + 1;
+  if (pos < e.size()) key.file = e.substr(pos);
+  return key;
+}
 
 NodeTable::NodeTable() {
   AddFixed(kRootIno, NodeKey{NodeKind::kRoot});
@@ -14,9 +46,7 @@ NodeTable::NodeTable() {
 }
 
 void NodeTable::AddFixed(uint64_t ino, const NodeKey& key) {
-  Node node{key, 0, true};
-  by_key_[key.Encode()] = ino;
-  by_ino_.emplace(ino, std::move(node));
+  Insert(ino, key, key.Encode()).fixed = true;
 }
 
 uint64_t NodeTable::HashIno(const std::string& encoded) {
@@ -42,8 +72,7 @@ uint64_t NodeTable::Ref(const NodeKey& key) {
   while (ino < kFirstDynamicIno || by_ino_.count(ino)) {
     ++ino;  // collision: probe
   }
-  by_ino_.emplace(ino, Node{key, 1, false});
-  by_key_.emplace(std::move(encoded), ino);
+  Insert(ino, key, std::move(encoded)).lookups = 1;
   return ino;
 }
 
@@ -51,7 +80,7 @@ std::optional<NodeKey> NodeTable::Get(uint64_t ino) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = by_ino_.find(ino);
   if (it == by_ino_.end()) return std::nullopt;
-  return it->second.key;
+  return Decode(it->second);
 }
 
 void NodeTable::Forget(uint64_t ino, uint64_t n) {
@@ -62,8 +91,9 @@ void NodeTable::Forget(uint64_t ino, uint64_t n) {
     it->second.lookups -= n;
     return;
   }
-  by_key_.erase(it->second.key.Encode());
+  auto key_it = by_key_.find(*it->second.encoded);
   by_ino_.erase(it);
+  if (key_it != by_key_.end()) by_key_.erase(key_it);
 }
 
 uint64_t NodeTable::PeekIno(const NodeKey& key) const {
@@ -87,7 +117,7 @@ std::vector<std::pair<uint64_t, NodeKey>> NodeTable::FindByPrefix(const std::str
   std::lock_guard<std::mutex> lock(mu_);
   for (auto it = by_key_.lower_bound(prefix); it != by_key_.end(); ++it) {
     if (it->first.compare(0, prefix.size(), prefix) != 0) break;
-    out.emplace_back(it->second, by_ino_.at(it->second).key);
+    out.emplace_back(it->second, Decode(by_ino_.at(it->second)));
   }
   return out;
 }
@@ -95,6 +125,23 @@ std::vector<std::pair<uint64_t, NodeKey>> NodeTable::FindByPrefix(const std::str
 size_t NodeTable::size() const {
   std::lock_guard<std::mutex> lock(mu_);
   return by_key_.size();
+}
+
+}  // namespace chainfs::fs
+
+namespace chainfs::fs {
+
+void NodeTable::NoteReportedSize(uint64_t ino, uint64_t size) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = by_ino_.find(ino);
+  if (it != by_ino_.end()) it->second.reported_size = size;
+}
+
+std::optional<uint64_t> NodeTable::ReportedSize(uint64_t ino) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = by_ino_.find(ino);
+  if (it == by_ino_.end() || it->second.reported_size == kNoSize) return std::nullopt;
+  return it->second.reported_size;
 }
 
 }  // namespace chainfs::fs

@@ -12,8 +12,10 @@
 #include <string>
 #include <vector>
 
+#include "core/pool/change_monitor.h"
 #include "fs/errno_map.h"
 #include "fs/state.h"
+#include "fs/write_ops.h"
 
 namespace chainfs::fs {
 
@@ -61,6 +63,13 @@ void ReplyStatus(fuse_req_t req, FsState& fs, Op op, const std::string& path, co
     fs.log.Add(OpName(op), path, ErrnoName(err), status.message());
   }
   fuse_reply_err(req, err);
+}
+
+// Replies with the errno of a write-side status (already logged by
+// fs/write_ops.cc).
+void ReplyWriteStatus(fuse_req_t req, const Status& status) {
+  int err = ErrnoFromStatus(status);
+  fuse_reply_err(req, err == 0 ? EIO : err);
 }
 
 // Runs `body`, turning anything thrown into ENOMEM/EIO (logged). `body`
@@ -132,24 +141,36 @@ Result<NodeKey> KeyOf(FsState& fs, fuse_ino_t ino) {
 void OpInit(void* userdata, struct fuse_conn_info* conn) {
   FsState& fs = *static_cast<FsState*>(userdata);
   fs.Count(Op::kInit);
-  // Rendered files change size behind the kernel's back: no async reads,
-  // and page cache use is disabled per file with direct_io.
+  // Rendered files change size behind the kernel's back: no async reads.
+  // Page cache use is decided per open (see OpOpen).
   conn->want &= ~unsigned(FUSE_CAP_ASYNC_READ);
+  // READDIRPLUS only pays when the kernel may keep what it returns: with
+  // zero timeouts every entry would be looked up again anyway.
+  if (fs.config.cache_timeout <= 0) {
+    conn->want &= ~unsigned(FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO);
+  }
   fs.log.Add("mount", fs.config.mountpoint, "ok",
              fs.config.read_only ? "mounted read-only" : "mounted");
 }
 
 void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Guarded(req, Op::kLookup, [&](FsState& fs) {
+    core::QuietEpochScope quiet;  // read-only request: one epoch sample
     Result<NodeKey> parent_key = KeyOf(fs, parent);
     if (!parent_key.ok()) return ReplyStatus(req, fs, Op::kLookup, name, parent_key.status());
-    std::string path = parent_key->Path() + (parent_key->kind == NodeKind::kRoot ? "" : "/") + name;
-    Result<NodeKey> key = fs.tree.Lookup(*parent_key, name);
-    if (!key.ok()) return ReplyStatus(req, fs, Op::kLookup, path, key.status());
-    Result<NodeAttr> attr = fs.tree.GetAttr(*key);
-    if (!attr.ok()) return ReplyStatus(req, fs, Op::kLookup, path, attr.status());
+    // Only built on failure: lookups are the most frequent request.
+    auto path = [&] {
+      return parent_key->Path() + (parent_key->kind == NodeKind::kRoot ? "" : "/") + name;
+    };
+    std::optional<NodeKey> write_node = LookupWriteNode(*parent_key, name);
+    Result<NodeKey> key =
+        write_node ? Result<NodeKey>(*write_node) : fs.tree.Lookup(*parent_key, name);
+    if (!key.ok()) return ReplyStatus(req, fs, Op::kLookup, path(), key.status());
+    Result<NodeAttr> attr = AttrWithWrites(fs, *key);
+    if (!attr.ok()) return ReplyStatus(req, fs, Op::kLookup, path(), attr.status());
     struct fuse_entry_param e {};
     e.ino = fs.nodes.Ref(*key);
+    fs.nodes.NoteReportedSize(e.ino, attr->size);
     e.generation = 1;
     e.attr = ToStat(e.ino, *attr);
     e.attr_timeout = TimeoutFor(fs, *key);
@@ -174,19 +195,35 @@ void OpForgetMulti(fuse_req_t req, size_t count, struct fuse_forget_data* forget
 
 void OpGetattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info*) {
   Guarded(req, Op::kGetattr, [&](FsState& fs) {
+    core::QuietEpochScope quiet;  // read-only request: one epoch sample
     Result<NodeKey> key = KeyOf(fs, ino);
     if (!key.ok()) return ReplyStatus(req, fs, Op::kGetattr, "-", key.status());
-    Result<NodeAttr> attr = fs.tree.GetAttr(*key);
+    Result<NodeAttr> attr = AttrWithWrites(fs, *key);
     if (!attr.ok()) return ReplyStatus(req, fs, Op::kGetattr, key->Path(), attr.status());
     struct stat st = ToStat(ino, *attr);
+    fs.nodes.NoteReportedSize(ino, attr->size);
     fuse_reply_attr(req, &st, TimeoutFor(fs, *key));
   });
 }
 
-void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat*, int, struct fuse_file_info*) {
+void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
+               struct fuse_file_info* fi) {
   Guarded(req, Op::kSetattr, [&](FsState& fs) {
     Result<NodeKey> key = KeyOf(fs, ino);
     std::string path = key.ok() ? key->Path() : "-";
+    // Truncation of a writable file (O_TRUNC without atomic_o_trunc, or
+    // truncate(2)); other attribute changes that come with it are ignored.
+    if (key.ok() && (to_set & FUSE_SET_ATTR_SIZE) && IsWritableFile(*key)) {
+      Status s = TruncateWritable(fs, *key, fi ? fi->fh : 0,
+                                  uint64_t(std::max<off_t>(attr->st_size, 0)));
+      if (!s.ok()) return ReplyWriteStatus(req, s);
+      Result<NodeAttr> now = AttrWithWrites(fs, *key);
+      if (!now.ok()) return ReplyStatus(req, fs, Op::kSetattr, path, now.status());
+      now->size = 0;
+      struct stat st = ToStat(ino, *now);
+      fuse_reply_attr(req, &st, 0.0);
+      return;
+    }
     if (fs.config.read_only) {
       return ReplyStatus(req, fs, Op::kSetattr, path,
                          core::Error(core::Code::kReadOnly, "mounted read-only"));
@@ -199,8 +236,13 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat*, int, struct fuse_fi
 
 void OpReadlink(fuse_req_t req, fuse_ino_t ino) {
   Guarded(req, Op::kReadlink, [&](FsState& fs) {
+    core::QuietEpochScope quiet;  // read-only request: one epoch sample
     Result<NodeKey> key = KeyOf(fs, ino);
     if (!key.ok()) return ReplyStatus(req, fs, Op::kReadlink, "-", key.status());
+    if (IsPendingLinkKey(*key)) {
+      fuse_reply_readlink(req, key->file.c_str());
+      return;
+    }
     Result<std::string> target = fs.tree.ReadLink(*key, CallerOf(req));
     if (!target.ok()) return ReplyStatus(req, fs, Op::kReadlink, key->Path(), target.status());
     fuse_reply_readlink(req, target->c_str());
@@ -209,6 +251,7 @@ void OpReadlink(fuse_req_t req, fuse_ino_t ino) {
 
 void OpOpendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
   Guarded(req, Op::kOpendir, [&](FsState& fs) {
+    core::QuietEpochScope quiet;  // read-only request: one epoch sample
     Result<NodeKey> key = KeyOf(fs, ino);
     if (!key.ok()) return ReplyStatus(req, fs, Op::kOpendir, "-", key.status());
     Result<std::vector<DirEntry>> entries = fs.tree.List(*key);
@@ -259,6 +302,60 @@ void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fu
   });
 }
 
+// READDIRPLUS (only with -o cache_timeout, see OpInit): the entries come
+// with their attributes, so listing a directory spares the lookups that
+// would follow. Each entry replied counts as one lookup of its node.
+void OpReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                   struct fuse_file_info* fi) {
+  Guarded(req, Op::kReaddir, [&](FsState& fs) {
+    core::QuietEpochScope quiet;  // read-only request: one epoch sample
+    HandleTable::Listing listing = fs.handles.Dir(fi->fh);
+    if (!listing) {
+      return ReplyStatus(req, fs, Op::kReaddir, "-",
+                         core::Error(core::Code::kInvalidArgument, "unknown directory handle"));
+    }
+    const std::vector<DirEntry>& entries = *listing;
+    std::vector<char> buf(std::min<size_t>(size, 1 << 20));
+    size_t used = 0;
+    size_t total = entries.size() + 2;  // offsets as in OpReaddir
+    std::vector<uint64_t> sent;          // inodes whose lookup count went up
+    for (size_t i = size_t(std::max<off_t>(off, 0)); i < total; ++i) {
+      struct fuse_entry_param e {};
+      const char* name = nullptr;
+      std::optional<uint64_t> counted;  // inode whose lookup count this entry took
+      if (i < 2) {
+        // "." and "..": the kernel takes no reference on these.
+        name = i == 0 ? "." : "..";
+        e.attr.st_ino = i == 0 ? ino : FUSE_ROOT_ID;
+        e.attr.st_mode = S_IFDIR;
+      } else {
+        const DirEntry& d = entries[i - 2];
+        Result<NodeAttr> attr = AttrWithWrites(fs, d.key);
+        if (!attr.ok()) continue;  // gone since opendir: leave it out
+        name = d.name.c_str();
+        e.ino = fs.nodes.Ref(d.key);
+        counted = e.ino;
+        fs.nodes.NoteReportedSize(e.ino, attr->size);
+        e.generation = 1;
+        e.attr = ToStat(e.ino, *attr);
+        e.attr_timeout = TimeoutFor(fs, d.key);
+        e.entry_timeout = TimeoutFor(fs, d.key);
+      }
+      size_t need = fuse_add_direntry_plus(req, buf.data() + used, buf.size() - used, name, &e,
+                                           off_t(i + 1));
+      if (need > buf.size() - used) {
+        if (counted) fs.nodes.Forget(*counted, 1);  // not sent after all
+        break;
+      }
+      if (counted) sent.push_back(*counted);
+      used += need;
+    }
+    if (fuse_reply_buf(req, buf.data(), used) != 0) {  // interrupted: nothing reached the kernel
+      for (uint64_t n : sent) fs.nodes.Forget(n, 1);
+    }
+  });
+}
+
 void OpReleasedir(fuse_req_t req, fuse_ino_t, struct fuse_file_info* fi) {
   Guarded(req, Op::kReleasedir, [&](FsState& fs) {
     fs.handles.Remove(fi->fh);
@@ -270,19 +367,52 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
   Guarded(req, Op::kOpen, [&](FsState& fs) {
     Result<NodeKey> key = KeyOf(fs, ino);
     if (!key.ok()) return ReplyStatus(req, fs, Op::kOpen, "-", key.status());
-    if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+    bool wants_write = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
+    if (IsWritableFile(*key) && (wants_write || IsCreateFileKey(*key))) {
+      Result<uint64_t> fh = OpenForWrite(fs, CallerOf(req), *key, fi->flags);
+      if (!fh.ok()) return ReplyWriteStatus(req, fh.status());
+      fi->fh = *fh;
+      fi->direct_io = 1;
+      fi->keep_cache = 0;
+      if (fuse_reply_open(req, fi) != 0) ReleaseHandle(fs, fi->fh);  // interrupted
+      return;
+    }
+    if (wants_write) {
       Status refused = fs.config.read_only
                            ? core::Error(core::Code::kReadOnly, "mounted read-only")
                            : core::Error(core::Code::kPermissionDenied,
                                          "{} is read-only", key->Path());
       return ReplyStatus(req, fs, Op::kOpen, key->Path(), refused);
     }
+    core::QuietEpochScope quiet;  // the read-only path: one epoch sample
     Result<std::string> content = fs.tree.Read(*key, CallerOf(req));
     if (!content.ok()) return ReplyStatus(req, fs, Op::kOpen, key->Path(), content.status());
-    fi->fh = fs.handles.AddFile(std::make_shared<const std::string>(std::move(content).value()));
-    fi->direct_io = 1;  // sizes change with the images; never serve stale pages
-    fi->keep_cache = 0;
+    auto bytes = std::make_shared<const std::string>(std::move(content).value());
+    fi->fh = fs.handles.AddFile(bytes);
     fi->nonseekable = 0;
+    fi->noflush = 1;  // nothing to do on close(2) for a read-only file
+    // Default (zero timeouts): direct_io, every read is answered from the
+    // content rendered at this open, never from stale pages.
+    // With -o cache_timeout (inotify invalidation of attributes and pages):
+    // the content goes straight into the kernel's page cache with
+    // notify_store before the open is answered, so the reads that follow
+    // cost no request. Only when the length the kernel holds for the file
+    // (our last entry/attr reply) equals the content's: a shorter new
+    // content would leave stale bytes before the old end of file.
+    bool cacheable = fs.config.cache_timeout > 0 && fs.session != nullptr &&
+                     (key->kind == NodeKind::kVolumeFile || key->kind == NodeKind::kElementFile);
+    std::optional<uint64_t> reported = cacheable ? fs.nodes.ReportedSize(ino) : std::nullopt;
+    bool stored = false;
+    if (reported && *reported == bytes->size()) {
+      stored = true;
+      if (!bytes->empty()) {
+        struct fuse_bufvec bufv = FUSE_BUFVEC_INIT(bytes->size());
+        bufv.buf[0].mem = const_cast<char*>(bytes->data());
+        stored = fuse_lowlevel_notify_store(fs.session, ino, 0, &bufv, fuse_buf_copy_flags(0)) == 0;
+      }
+    }
+    fi->direct_io = stored ? 0 : 1;
+    fi->keep_cache = stored ? 1 : 0;
     if (fuse_reply_open(req, fi) != 0) fs.handles.Remove(fi->fh);  // interrupted
   });
 }
@@ -304,8 +434,15 @@ void OpRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, struct fuse_file
   });
 }
 
-void OpWrite(fuse_req_t req, fuse_ino_t ino, const char*, size_t, off_t, struct fuse_file_info*) {
+void OpWrite(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
+             struct fuse_file_info* fi) {
   Guarded(req, Op::kWrite, [&](FsState& fs) {
+    if (WriteState::Owns(fi->fh)) {
+      Result<size_t> n = WriteToHandle(fs, fi->fh, std::string_view(buf, size), off);
+      if (!n.ok()) return ReplyWriteStatus(req, n.status());
+      fuse_reply_write(req, *n);
+      return;
+    }
     Result<NodeKey> key = KeyOf(fs, ino);
     ReplyStatus(req, fs, Op::kWrite, key.ok() ? key->Path() : "-",
                 fs.config.read_only ? core::Error(core::Code::kReadOnly, "mounted read-only")
@@ -315,6 +452,11 @@ void OpWrite(fuse_req_t req, fuse_ino_t ino, const char*, size_t, off_t, struct 
 
 void OpRelease(fuse_req_t req, fuse_ino_t, struct fuse_file_info* fi) {
   Guarded(req, Op::kRelease, [&](FsState& fs) {
+    if (WriteState::Owns(fi->fh)) {
+      ReleaseHandle(fs, fi->fh);
+      fuse_reply_err(req, 0);
+      return;
+    }
     fs.handles.Remove(fi->fh);
     fuse_reply_err(req, 0);
   });
@@ -327,6 +469,117 @@ void OpStatfs(fuse_req_t req, fuse_ino_t) {
     sv.f_frsize = 4096;
     sv.f_namemax = 255;
     fuse_reply_statfs(req, &sv);
+  });
+}
+
+// The write side (DESIGN section 2): thin translations to fs/write_ops.h.
+
+Result<NodeKey> ParentKey(FsState& fs, fuse_ino_t parent) { return KeyOf(fs, parent); }
+
+void OpSymlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
+  Guarded(req, Op::kSymlink, [&](FsState& fs) {
+    Result<NodeKey> parent_key = ParentKey(fs, parent);
+    if (!parent_key.ok()) return ReplyStatus(req, fs, Op::kSymlink, name, parent_key.status());
+    Result<NodeKey> key = SymlinkOverlay(fs, CallerOf(req), *parent_key, name, link);
+    if (!key.ok()) return ReplyWriteStatus(req, key.status());
+    Result<NodeAttr> attr = AttrWithWrites(fs, *key);
+    if (!attr.ok()) return ReplyStatus(req, fs, Op::kSymlink, key->Path(), attr.status());
+    // The kernel wants a symlink here; the name is a volume directory from
+    // the next lookup on (zero timeouts).
+    struct fuse_entry_param e {};
+    e.ino = fs.nodes.Ref(*key);
+    e.generation = 1;
+    e.attr = ToStat(e.ino, *attr);
+    e.attr_timeout = 0.0;
+    e.entry_timeout = 0.0;
+    if (fuse_reply_entry(req, &e) != 0) fs.nodes.Forget(e.ino, 1);
+  });
+}
+
+void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+              const char* newname, unsigned int flags) {
+  Guarded(req, Op::kRename, [&](FsState& fs) {
+    Result<NodeKey> from = ParentKey(fs, parent);
+    if (!from.ok()) return ReplyStatus(req, fs, Op::kRename, name, from.status());
+    Result<NodeKey> to = ParentKey(fs, newparent);
+    if (!to.ok()) return ReplyStatus(req, fs, Op::kRename, newname, to.status());
+    Status s = RenameVolume(fs, CallerOf(req), *from, name, *to, newname, flags);
+    if (!s.ok()) return ReplyWriteStatus(req, s);
+    fuse_reply_err(req, 0);
+  });
+}
+
+void OpRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Guarded(req, Op::kRmdir, [&](FsState& fs) {
+    Result<NodeKey> from = ParentKey(fs, parent);
+    if (!from.ok()) return ReplyStatus(req, fs, Op::kRmdir, name, from.status());
+    Status s = RemoveVolume(fs, CallerOf(req), *from, name);
+    if (!s.ok()) return ReplyWriteStatus(req, s);
+    fuse_reply_err(req, 0);
+  });
+}
+
+void OpMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t) {
+  Guarded(req, Op::kMkdir, [&](FsState& fs) {
+    Result<NodeKey> from = ParentKey(fs, parent);
+    std::string path = from.ok() ? from->Path() + "/" + name : name;
+    ReplyWriteStatus(req, RefuseChange(fs, "mkdir", path,
+                                       "volumes are made with ln -s BACKING POOL/NEW or by "
+                                       "writing a <volume> XML to POOL/.create"));
+  });
+}
+
+void OpUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Guarded(req, Op::kUnlink, [&](FsState& fs) {
+    Result<NodeKey> from = ParentKey(fs, parent);
+    std::string path = from.ok() ? from->Path() + "/" + name : name;
+    ReplyWriteStatus(req, RefuseChange(fs, "unlink", path,
+                                       "files of the tree cannot be removed; rmdir POOL/VOL "
+                                       "deletes an image"));
+  });
+}
+
+void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t,
+              struct fuse_file_info* fi) {
+  Guarded(req, Op::kCreate, [&](FsState& fs) {
+    Result<NodeKey> from = ParentKey(fs, parent);
+    if (!from.ok()) return ReplyStatus(req, fs, Op::kCreate, name, from.status());
+    std::optional<NodeKey> key = LookupWriteNode(*from, name);
+    if (!key) {
+      return ReplyWriteStatus(
+          req, RefuseChange(fs, "create", from->Path() + "/" + name,
+                            "new files cannot be made here; ln -s BACKING POOL/NEW makes an "
+                            "overlay and POOL/.create takes a <volume> XML"));
+    }
+    Result<uint64_t> fh = OpenForWrite(fs, CallerOf(req), *key, fi->flags | O_WRONLY);
+    if (!fh.ok()) return ReplyWriteStatus(req, fh.status());
+    Result<NodeAttr> attr = AttrWithWrites(fs, *key);
+    if (!attr.ok()) {
+      ReleaseHandle(fs, *fh);
+      return ReplyStatus(req, fs, Op::kCreate, key->Path(), attr.status());
+    }
+    struct fuse_entry_param e {};
+    e.ino = fs.nodes.Ref(*key);
+    e.generation = 1;
+    e.attr = ToStat(e.ino, *attr);
+    fi->fh = *fh;
+    fi->direct_io = 1;
+    if (fuse_reply_create(req, &e, fi) != 0) {
+      fs.nodes.Forget(e.ino, 1);
+      ReleaseHandle(fs, *fh);
+    }
+  });
+}
+
+void OpFlush(fuse_req_t req, fuse_ino_t, struct fuse_file_info* fi) {
+  Guarded(req, Op::kFlush, [&](FsState& fs) {
+    if (!WriteState::Owns(fi->fh)) {
+      fuse_reply_err(req, 0);
+      return;
+    }
+    Status s = FlushHandle(fs, fi->fh);
+    if (!s.ok()) return ReplyWriteStatus(req, s);
+    fuse_reply_err(req, 0);
   });
 }
 
@@ -344,12 +597,20 @@ const struct fuse_lowlevel_ops& MakeOperations() {
     o.readlink = OpReadlink;
     o.opendir = OpOpendir;
     o.readdir = OpReaddir;
+    o.readdirplus = OpReaddirplus;
     o.releasedir = OpReleasedir;
     o.open = OpOpen;
     o.read = OpRead;
     o.write = OpWrite;
     o.release = OpRelease;
     o.statfs = OpStatfs;
+    o.symlink = OpSymlink;
+    o.rename = OpRename;
+    o.rmdir = OpRmdir;
+    o.mkdir = OpMkdir;
+    o.unlink = OpUnlink;
+    o.create = OpCreate;
+    o.flush = OpFlush;
     return o;
   }();
   return ops;

@@ -20,6 +20,13 @@ const char* OpName(Op op) {
     case Op::kRelease: return "release";
     case Op::kStatfs: return "statfs";
     case Op::kWrite: return "write";
+    case Op::kSymlink: return "symlink";
+    case Op::kRename: return "rename";
+    case Op::kRmdir: return "rmdir";
+    case Op::kMkdir: return "mkdir";
+    case Op::kUnlink: return "unlink";
+    case Op::kCreate: return "create";
+    case Op::kFlush: return "flush";
     case Op::kCount: break;
   }
   return "?";

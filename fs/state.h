@@ -13,6 +13,7 @@
 #include "fs/handles.h"
 #include "fs/node_table.h"
 #include "fs/tree.h"
+#include "fs/write_ops.h"
 
 struct fuse_session;
 
@@ -31,7 +32,10 @@ struct MountConfig {
 // The FUSE operations counted in .chainfs/stats.
 enum class Op : int {
   kInit, kLookup, kForget, kGetattr, kSetattr, kReadlink, kOpendir, kReaddir, kReleasedir,
-  kOpen, kRead, kRelease, kStatfs, kWrite, kCount
+  kOpen, kRead, kRelease, kStatfs, kWrite,
+  // The write side (fs/write_ops.h).
+  kSymlink, kRename, kRmdir, kMkdir, kUnlink, kCreate, kFlush,
+  kCount
 };
 // Names an Op ("lookup").
 const char* OpName(Op op);
@@ -59,6 +63,7 @@ class FsState {
   ChainCache chains;
   NodeTable nodes;
   HandleTable handles;
+  WriteState writes;  // open files of the write side, and its change lock
   Tree tree;
   struct fuse_session* session = nullptr;
 

@@ -93,22 +93,35 @@ Result<core::PoolDef> Tree::Pool(const std::string& name) {
   return *def;
 }
 
-Result<core::VolumeEntry> Tree::Volume(const std::string& pool, const std::string& volume) {
+Result<std::shared_ptr<const core::VolumeEntry>> Tree::Volume(const std::string& pool,
+                                                              const std::string& volume) {
   if (IsReservedPoolEntry(volume)) return Error(Code::kNotFound, "'{}' is reserved", volume);
-  std::optional<core::VolumeEntry> entry = catalog_.FindVolume(pool, volume);
+  std::shared_ptr<const core::VolumeEntry> entry = catalog_.FindVolumeShared(pool, volume);
   if (!entry) return Error(Code::kNotFound, "no volume '{}' in pool '{}'", volume, pool);
-  return *entry;
+  return entry;
 }
 
 Result<std::shared_ptr<const ChainSnapshot>> Tree::VolumeChain(const std::string& pool,
                                                                const std::string& volume) {
-  Result<core::VolumeEntry> entry = Volume(pool, volume);
+  Result<std::shared_ptr<const core::VolumeEntry>> entry = Volume(pool, volume);
   if (!entry.ok()) return entry.status();
-  std::shared_ptr<const ChainSnapshot> snap = chains_.Get(entry->path);
+  std::shared_ptr<const ChainSnapshot> snap = chains_.Get((*entry)->path);
   if (snap->chain().elements.empty()) {
-    return Error(Code::kNotFound, "{}: no longer a volume", entry->path);
+    return Error(Code::kNotFound, "{}: no longer a volume", (*entry)->path);
   }
   return snap;
+}
+
+void Tree::InvalidateImage(const std::string& path) {
+  chains_.Invalidate(path);
+  std::string norm = core::NormalizePathLexically(path);
+  size_t slash = norm.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : norm.substr(0, slash);
+  for (const core::PoolDef& pool : catalog_.Pools()) {
+    if (pool.Browsable() && core::NormalizePathLexically(pool.target_path) == dir) {
+      catalog_.Invalidate(pool.name);
+    }
+  }
 }
 
 std::vector<DirEntry> Tree::PoolEntries(const std::string& pool) {
@@ -157,7 +170,7 @@ Result<NodeKey> Tree::Lookup(const NodeKey& parent, const std::string& name) {
         key.file = name;
         return key;
       }
-      Result<core::VolumeEntry> v = Volume(parent.pool, name);
+      auto v = Volume(parent.pool, name);
       if (!v.ok()) return v.status();
       return NodeKey{NodeKind::kVolumeDir, parent.pool, name};
     }
@@ -348,9 +361,11 @@ Result<NodeAttr> Tree::GetAttr(const NodeKey& key) {
     }
     case NodeKind::kVolumeDir:
     case NodeKind::kChainDir: {
-      Result<core::VolumeEntry> v = Volume(key.pool, key.volume);
+      // One stat, no chain resolution: `ls -l` (and readdirplus) of a big
+      // pool must not resolve every chain in it.
+      auto v = Volume(key.pool, key.volume);
       if (!v.ok()) return v.status();
-      Result<core::FileStat> st = core::StatPath(v->path);
+      Result<core::FileStat> st = core::StatPath((*v)->path);
       if (!st.ok()) return st.status();
       return AttrFromStat(*st, DirModeFor(st->mode));
     }

@@ -64,6 +64,14 @@ class Tree {
   // Returns the target of symlink `key`, with the same access rule.
   core::Result<std::string> ReadLink(const NodeKey& key, const Caller& caller);
 
+  // Forgets what the daemon cached about the image at absolute `path`: the
+  // chains that run through it and the scan of the pool folder holding it.
+  // For the write side, to call after it created, changed, renamed or
+  // removed an image (the inotify watcher would notice too, but this makes
+  // the daemon's own next answer exact without waiting for it). Kernel
+  // caches are not touched here (see Watcher). Thread-safe.
+  void InvalidateImage(const std::string& path);
+
   // Sets the renderer of .chainfs/stats (the daemon owns the counters).
   void set_stats_renderer(std::function<std::string()> render) { stats_renderer_ = std::move(render); }
   // Sets the owner of the root and the control files (the daemon's ids) and
@@ -72,7 +80,8 @@ class Tree {
 
  private:
   core::Result<core::PoolDef> Pool(const std::string& name);
-  core::Result<core::VolumeEntry> Volume(const std::string& pool, const std::string& volume);
+  core::Result<std::shared_ptr<const core::VolumeEntry>> Volume(const std::string& pool,
+                                                                const std::string& volume);
   core::Result<std::shared_ptr<const ChainSnapshot>> VolumeChain(const std::string& pool,
                                                                  const std::string& volume);
   core::Result<std::string> Render(const NodeKey& key);

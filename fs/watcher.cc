@@ -1,7 +1,9 @@
 #include "fs/watcher.h"
 
 #include <sys/inotify.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <boost/asio/post.hpp>
@@ -30,6 +32,35 @@ std::string DirOf(const std::string& path) {
   return path.substr(0, slash);
 }
 
+// Returns true if inotify on `dir` sees every change of its entries: not on
+// network and cluster filesystems (changes made by other hosts raise no
+// events) nor on FUSE (changes behind the FUSE server's back).
+bool ReportsEveryChange(const std::string& dir) {
+  struct statfs sf {};
+  if (::statfs(dir.c_str(), &sf) != 0) return false;
+  switch (static_cast<uint64_t>(static_cast<uint32_t>(sf.f_type))) {
+    case 0x6969:      // NFS
+    case 0x517B:      // SMB
+    case 0xFF534D42:  // CIFS
+    case 0xFE534D42:  // SMB2
+    case 0x65735546:  // FUSE
+    case 0x00C36400:  // Ceph
+    case 0x01021997:  // 9p
+    case 0x5346414F:  // AFS
+    case 0x6B414653:  // kAFS
+    case 0x73757245:  // Coda
+    case 0x01161970:  // GFS2
+    case 0x7461636F:  // OCFS2
+    case 0x0BD00BD0:  // Lustre
+    case 0x47504653:  // GPFS
+    case 0x20030528:  // OrangeFS
+    case 0x564C:      // NCP
+      return false;
+    default:
+      return true;
+  }
+}
+
 }  // namespace
 
 Watcher::Watcher(FsState& state, core::PoolSources sources)
@@ -54,9 +85,13 @@ void Watcher::Start() {
     state_.log.Add("inotify", "-", "error", std::strerror(saved));
   } else {
     inotify_.assign(fd);
+    inotify_fd_.store(fd);
     WatchPools();
     ReadEvents();
+    epoch_.store(2);  // quiet: the pool watches are in place
   }
+  state_.catalog.set_change_monitor(this);
+  state_.chains.set_change_monitor(this);
   state_.chains.set_on_resolved([this](const core::Chain& chain) {
     for (const core::ChainElement& e : chain.elements) {
       if (!e.network && e.stat) WatchDirOf(e.path);
@@ -77,6 +112,10 @@ void Watcher::Stop() {
   started_ = false;
   io_.stop();
   if (thread_.joinable()) thread_.join();
+  state_.catalog.set_change_monitor(nullptr);
+  state_.chains.set_change_monitor(nullptr);
+  inotify_fd_.store(-1);
+  epoch_.fetch_add(1);  // odd (or moved): nothing validated before is trusted
   state_.chains.set_on_resolved(nullptr);
   boost::system::error_code ec;
   inotify_.close(ec);
@@ -137,9 +176,11 @@ void Watcher::Reload() {
 
 void Watcher::WatchPools() {
   if (!inotify_.is_open()) return;
+  epoch_.fetch_add(1);  // odd while watches go away
   for (auto it = watches_.begin(); it != watches_.end();) {
     if (!it->second.second.empty()) {
       inotify_rm_watch(inotify_.native_handle(), it->first);
+      ForgetWatch(it->first);
       it = watches_.erase(it);
     } else {
       ++it;
@@ -148,6 +189,41 @@ void Watcher::WatchPools() {
   for (const core::PoolDef& pool : state_.catalog.Pools()) {
     if (pool.Browsable()) AddWatch(pool.target_path, pool.name);
   }
+  epoch_.fetch_add(1);
+}
+
+void Watcher::ForgetWatch(int wd) {
+  std::lock_guard<std::mutex> lock(watched_mu_);
+  for (auto it = trusted_dirs_.begin(); it != trusted_dirs_.end();) {
+    it = it->second == wd ? trusted_dirs_.erase(it) : std::next(it);
+  }
+}
+
+std::optional<uint64_t> Watcher::QuietEpoch() const {
+  core::detail::QuietEpochMemo& memo = core::detail::quiet_epoch_memo;
+  if (memo.depth > 0 && memo.owner == this) return memo.value;
+  std::optional<uint64_t> now = SampleQuietEpoch();
+  if (memo.depth > 0) {
+    memo.owner = this;
+    memo.value = now;
+  }
+  return now;
+}
+
+std::optional<uint64_t> Watcher::SampleQuietEpoch() const {
+  uint64_t before = epoch_.load();
+  if (before & 1) return std::nullopt;
+  int fd = inotify_fd_.load();
+  if (fd < 0) return std::nullopt;
+  int pending = 0;
+  if (::ioctl(fd, FIONREAD, &pending) != 0 || pending != 0) return std::nullopt;
+  if (epoch_.load() != before) return std::nullopt;
+  return before;
+}
+
+bool Watcher::Watches(const std::string& dir) const {
+  std::lock_guard<std::mutex> lock(watched_mu_);
+  return trusted_dirs_.count(dir) != 0;
 }
 
 void Watcher::AddWatch(const std::string& dir, const std::string& pool) {
@@ -160,6 +236,10 @@ void Watcher::AddWatch(const std::string& dir, const std::string& pool) {
   auto it = watches_.find(wd);
   // The same directory watched as a pool and as an element dir: pool wins.
   if (it == watches_.end() || !pool.empty()) watches_[wd] = {dir, pool};
+  if (ReportsEveryChange(dir)) {
+    std::lock_guard<std::mutex> lock(watched_mu_);
+    trusted_dirs_[core::NormalizePathLexically(dir)] = wd;
+  }
 }
 
 void Watcher::WatchDirOf(const std::string& path) {
@@ -173,18 +253,38 @@ void Watcher::WatchDirOf(const std::string& path) {
   });
 }
 
+// Waits for readability and reads the events itself (not async_read_some,
+// which would take them off the queue before the epoch turns odd).
 void Watcher::ReadEvents() {
-  inotify_.async_read_some(boost::asio::buffer(buf_),
-                           [this](const boost::system::error_code& ec, size_t length) {
-                             if (ec) {
-                               if (ec != boost::asio::error::operation_aborted) {
-                                 state_.log.Add("inotify", "-", "error", ec.message());
-                               }
-                               return;
-                             }
-                             HandleEvents(length);
-                             ReadEvents();
-                           });
+  inotify_.async_wait(boost::asio::posix::stream_descriptor::wait_read,
+                      [this](const boost::system::error_code& ec) {
+                        if (ec) {
+                          if (ec != boost::asio::error::operation_aborted) {
+                            state_.log.Add("inotify", "-", "error", ec.message());
+                          }
+                          return;
+                        }
+                        DrainEvents();
+                        ReadEvents();
+                      });
+}
+
+void Watcher::DrainEvents() {
+  epoch_.fetch_add(1);  // odd: caches revalidate while the batch is applied
+  while (true) {
+    ssize_t n = ::read(inotify_.native_handle(), buf_.data(), buf_.size());
+    if (n < 0) {
+      int saved = errno;
+      if (saved == EINTR) continue;
+      if (saved != EAGAIN && saved != EWOULDBLOCK) {
+        state_.log.Add("inotify", "-", "error", std::strerror(saved));
+      }
+      break;
+    }
+    if (n == 0) break;
+    HandleEvents(size_t(n));
+  }
+  epoch_.fetch_add(1);
 }
 
 void Watcher::HandleEvents(size_t length) {
@@ -206,6 +306,7 @@ void Watcher::HandleEvents(size_t length) {
     if (it == watches_.end()) continue;
     const std::string pool = it->second.second;
     if (ev.mask & IN_IGNORED) {
+      ForgetWatch(ev.wd);
       watches_.erase(it);
       continue;
     }

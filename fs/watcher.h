@@ -10,14 +10,17 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <array>
+#include <atomic>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
 #include <utility>
 
 #include "core/pool/catalog.h"
+#include "core/pool/change_monitor.h"
 #include "fs/state.h"
 
 namespace chainfs::fs {
@@ -26,9 +29,17 @@ namespace chainfs::fs {
 // from that thread, never from a FUSE request handler and never while a
 // lock is held (the kernel may call back into the filesystem).
 //
-// Thread-safety: Start/Stop from the main thread; WatchDirOf from any
-// thread; everything else runs on the asio thread. Lock order: dirs_mu_ only.
-class Watcher {
+// It is also the mount's ChangeMonitor: while its inotify queue is empty and
+// no batch of events is being applied, caches may trust what they validated
+// earlier in the same epoch without re-stat'ing (see change_monitor.h). The
+// epoch is a sequence counter: odd while a batch is read and applied, bumped
+// to the next even value after, so a reader that sees the same even value
+// before and after an empty FIONREAD knows that no event arrived in between.
+//
+// Thread-safety: Start/Stop from the main thread; WatchDirOf, QuietEpoch and
+// Watches from any thread; everything else runs on the asio thread. Lock
+// order: dirs_mu_ and watched_mu_ are never held together.
+class Watcher : public core::ChangeMonitor {
  public:
   Watcher(FsState& state, core::PoolSources sources);
   ~Watcher();
@@ -44,12 +55,18 @@ class Watcher {
   // pools); cheap when the directory is already watched.
   void WatchDirOf(const std::string& path);
 
+  std::optional<uint64_t> QuietEpoch() const override;
+  bool Watches(const std::string& dir) const override;
+
  private:
   void OnSignal(int signo);
   void RequestExit(int signo);
   void Reload();
   void ReadEvents();
+  void DrainEvents();
   void HandleEvents(size_t length);
+  void ForgetWatch(int wd);
+  std::optional<uint64_t> SampleQuietEpoch() const;
   void WatchPools();
   void AddWatch(const std::string& dir, const std::string& pool);
   void ScheduleFlush();
@@ -74,6 +91,15 @@ class Watcher {
 
   std::mutex dirs_mu_;
   std::set<std::string> requested_dirs_;  // guarded by dirs_mu_
+
+  // Even: quiet; odd: a batch of events (or a watch removal) is being
+  // applied. Starts odd: nothing is trusted before Start.
+  std::atomic<uint64_t> epoch_{1};
+  std::atomic<int> inotify_fd_{-1};  // for FIONREAD from request threads
+  mutable std::mutex watched_mu_;
+  // Normalized directory -> wd, for the watches on filesystems that report
+  // every change.
+  std::map<std::string, int> trusted_dirs_;  // guarded by watched_mu_
 };
 
 }  // namespace chainfs::fs

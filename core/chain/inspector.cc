@@ -25,6 +25,18 @@ Result<std::shared_ptr<const Inspection>> ImageInspector::Inspect(const std::str
       ++hits_;
       return it->second;
     }
+    // Asked to parse as F a file already parsed as what it probed to, and
+    // that probe said F: the same driver on the same bytes, so the same
+    // answer (the chain resolver inspects a backing file with its recorded
+    // format after it was probed as a volume of its own).
+    if (forced) {
+      auto probed = cache_.find(
+          Key{st->id.dev, st->id.ino, st->id.size, st->id.mtime_ns, st->id.ctime_ns, "", path});
+      if (probed != cache_.end() && probed->second->format == forced->Name()) {
+        ++hits_;
+        return probed->second;
+      }
+    }
   }
   ++misses_;
   Result<File> file = File::OpenRead(path);

@@ -95,6 +95,7 @@ void PoolCatalog::SetPools(std::vector<PoolDef> pools) {
   for (PoolDef& def : pools) {
     std::string name = def.name;
     Entry entry;
+    entry.norm_target = NormalizePathLexically(def.target_path);
     entry.def = std::move(def);
     fresh.emplace(std::move(name), std::move(entry));  // first definition wins
   }
@@ -130,24 +131,54 @@ uint64_t PoolCatalog::generation() const {
 }
 
 std::shared_ptr<const PoolScan> PoolCatalog::Scan(const std::string& name) {
+  return ScanWithIndex(name).first;
+}
+
+std::pair<std::shared_ptr<const PoolScan>, std::shared_ptr<const PoolCatalog::IdIndex>>
+PoolCatalog::ScanWithIndex(const std::string& name) {
+  const ChangeMonitor* monitor = monitor_.load();
+  std::optional<uint64_t> quiet = monitor ? monitor->QuietEpoch() : std::nullopt;
   PoolDef def;
+  std::string norm_target;
   uint64_t gen = 0;
   std::shared_ptr<const PoolScan> cached;
+  std::shared_ptr<const IdIndex> cached_ids;
   std::optional<FileIdentity> cached_dir;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = pools_.find(name);
-    if (it == pools_.end() || !it->second.def.Browsable()) return nullptr;
-    def = it->second.def;
-    gen = it->second.scan_generation;
-    cached = it->second.scan;
-    cached_dir = it->second.dir_id;
+    if (it == pools_.end() || !it->second.def.Browsable()) return {};
+    Entry& e = it->second;
+    // Fast path: the monitor vouches that the directory did not change
+    // since this scan started.
+    if (e.scan && quiet && e.quiet_epoch == quiet) return {e.scan, e.ids};
+    def = e.def;
+    norm_target = e.norm_target;
+    gen = e.scan_generation;
+    cached = e.scan;
+    cached_ids = e.ids;
+    cached_dir = e.dir_id;
   }
+  // Taken before the directory is stat'ed and read: a change after this
+  // point moves the epoch, so the scan below is trusted only for changes
+  // it could have seen.
+  bool watched = monitor && monitor->Watches(norm_target);
+  quiet = watched ? monitor->QuietEpoch() : std::nullopt;
   Result<FileStat> dir = StatPath(def.target_path);
-  if (cached && dir.ok() && cached_dir && *cached_dir == dir->id) return cached;
+  if (cached && dir.ok() && cached_dir && *cached_dir == dir->id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pools_.find(name);
+    if (quiet && it != pools_.end() && it->second.scan == cached) it->second.quiet_epoch = quiet;
+    return {cached, cached_ids};
+  }
 
   int64_t started = NowRealtimeNs();
   auto scan = std::make_shared<const PoolScan>(ScanPool(def));
+  auto ids = std::make_shared<IdIndex>();
+  for (size_t i = 0; i < scan->volumes.size(); ++i) {
+    const FileIdentity& id = scan->volumes[i].stat.id;
+    ids->emplace(std::make_pair(id.dev, id.ino), i);  // first name (sorted) wins
+  }
   // Only reuse this scan later if the directory was already quiet when the
   // scan started; otherwise a change in the same timestamp tick could hide.
   std::optional<FileIdentity> dir_id;
@@ -155,16 +186,20 @@ std::shared_ptr<const PoolScan> PoolCatalog::Scan(const std::string& name) {
       started - dir->id.ctime_ns > kRacyWindowNs) {
     dir_id = dir->id;
   }
+  std::shared_ptr<const IdIndex> const_ids = std::move(ids);
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = pools_.find(name);
     if (it != pools_.end() && it->second.scan_generation == gen) {
       cached.swap(it->second.scan);  // old scan released after unlock
+      cached_ids.swap(it->second.ids);
       it->second.scan = scan;
+      it->second.ids = const_ids;
       it->second.dir_id = dir_id;
+      it->second.quiet_epoch = quiet;
     }
   }
-  return scan;
+  return {scan, const_ids};
 }
 
 std::optional<VolumeEntry> PoolCatalog::FindVolume(const std::string& pool,
@@ -176,6 +211,15 @@ std::optional<VolumeEntry> PoolCatalog::FindVolume(const std::string& pool,
   return *entry;
 }
 
+std::shared_ptr<const VolumeEntry> PoolCatalog::FindVolumeShared(const std::string& pool,
+                                                                 const std::string& volume) {
+  std::shared_ptr<const PoolScan> scan = Scan(pool);
+  if (!scan) return nullptr;
+  const VolumeEntry* entry = FindByName(*scan, volume);
+  if (!entry) return nullptr;
+  return std::shared_ptr<const VolumeEntry>(scan, entry);  // aliasing: keeps the scan alive
+}
+
 void PoolCatalog::Invalidate(const std::string& name) {
   std::shared_ptr<const PoolScan> dropped;
   std::lock_guard<std::mutex> lock(mu_);
@@ -184,7 +228,9 @@ void PoolCatalog::Invalidate(const std::string& name) {
   ++generation_;
   it->second.scan_generation = generation_;
   dropped.swap(it->second.scan);
+  it->second.ids.reset();
   it->second.dir_id.reset();
+  it->second.quiet_epoch.reset();
 }
 
 void PoolCatalog::InvalidateAll() {
@@ -195,7 +241,9 @@ void PoolCatalog::InvalidateAll() {
     entry.scan_generation = generation_;
     dropped.push_back(std::move(entry.scan));
     entry.scan.reset();
+    entry.ids.reset();
     entry.dir_id.reset();
+    entry.quiet_epoch.reset();
   }
 }
 
@@ -219,12 +267,13 @@ std::optional<std::string> PoolCatalog::Locate(const std::string& abs_path) {
   std::string norm = NormalizePathLexically(abs_path);
   auto [dir, base] = SplitDirBase(norm);
   std::vector<std::string> by_dir;
+  std::vector<std::string> all;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [name, entry] : pools_) {
-      if (entry.def.Browsable() && NormalizePathLexically(entry.def.target_path) == dir) {
-        by_dir.push_back(name);
-      }
+      if (!entry.def.Browsable()) continue;
+      if (entry.norm_target == dir) by_dir.push_back(name);
+      all.push_back(name);
     }
   }
   for (const std::string& pool : by_dir) {
@@ -233,9 +282,12 @@ std::optional<std::string> PoolCatalog::Locate(const std::string& abs_path) {
   }
   Result<FileStat> st = StatPath(norm);
   if (!st.ok()) return std::nullopt;
-  for (const auto& [pool, scan] : AllScans()) {
-    for (const VolumeEntry& v : scan->volumes) {
-      if (v.stat.id.dev == st->id.dev && v.stat.id.ino == st->id.ino) return pool + "/" + v.name;
+  for (const std::string& pool : all) {  // pools by name, then the first name with the id
+    auto [scan, ids] = ScanWithIndex(pool);
+    if (!scan || !ids) continue;
+    auto hit = ids->find(std::make_pair(st->id.dev, st->id.ino));
+    if (hit != ids->end() && hit->second < scan->volumes.size()) {
+      return pool + "/" + scan->volumes[hit->second].name;
     }
   }
   return std::nullopt;

@@ -3,6 +3,7 @@
 // fixes as file operations and feed the trust rule (DESIGN section 3).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -14,6 +15,7 @@
 #include "core/chain/inspector.h"
 #include "core/chain/resolver.h"
 #include "core/chain/trust.h"
+#include "core/pool/change_monitor.h"
 #include "core/pool/pool_def.h"
 #include "core/pool/pool_scan.h"
 
@@ -37,7 +39,9 @@ struct PoolSources {
 // and a scan is stored only if the pool was not invalidated meanwhile).
 // A cached scan is also revalidated on every use by re-stating the pool's
 // target directory (dev, ino, mtime, ctime), so entries added, removed or
-// renamed show up even without an explicit Invalidate.
+// renamed show up even without an explicit Invalidate -- unless a
+// ChangeMonitor vouches that the directory has not changed since the scan
+// started (then a use costs no system call but the monitor's).
 class PoolCatalog {
  public:
   PoolCatalog() = default;
@@ -67,6 +71,13 @@ class PoolCatalog {
   std::shared_ptr<const PoolScan> Scan(const std::string& name);
   // Finds volume `volume` of pool `pool` in the current scan.
   std::optional<VolumeEntry> FindVolume(const std::string& pool, const std::string& volume);
+  // Like FindVolume, without copying: the entry shares ownership of its scan.
+  std::shared_ptr<const VolumeEntry> FindVolumeShared(const std::string& pool,
+                                                      const std::string& volume);
+
+  // Sets (or clears, with nullptr) the monitor that lets cached scans be
+  // reused without re-stating the pool directory. It must outlive its use.
+  void set_change_monitor(const ChangeMonitor* monitor) { monitor_.store(monitor); }
 
   // Drops the cached scan of one pool / of every pool.
   void Invalidate(const std::string& name);
@@ -93,12 +104,20 @@ class PoolCatalog {
   TrustContext MakeTrustContext(ImageInspector& inspector);
 
  private:
+  // (dev, ino) -> index in PoolScan::volumes, for Locate's fallback.
+  using IdIndex = std::map<std::pair<uint64_t, uint64_t>, size_t>;
   struct Entry {
     PoolDef def;
+    std::string norm_target;                // NormalizePathLexically(def.target_path)
     uint64_t scan_generation = 0;           // bumped by Invalidate
     std::optional<FileIdentity> dir_id;     // target dir when `scan` was made
+    std::optional<uint64_t> quiet_epoch;    // monitor epoch the scan is valid in
     std::shared_ptr<const PoolScan> scan;   // null until scanned / after Invalidate
+    std::shared_ptr<const IdIndex> ids;     // built with `scan`
   };
+  // Returns the scan of `name` and its (dev, ino) index.
+  std::pair<std::shared_ptr<const PoolScan>, std::shared_ptr<const IdIndex>> ScanWithIndex(
+      const std::string& name);
 
   // Returns the scans of every browsable pool, by pool name.
   std::vector<std::pair<std::string, std::shared_ptr<const PoolScan>>> AllScans();
@@ -106,6 +125,7 @@ class PoolCatalog {
   mutable std::mutex mu_;
   std::map<std::string, Entry> pools_;  // guarded by mu_
   uint64_t generation_ = 1;             // guarded by mu_
+  std::atomic<const ChangeMonitor*> monitor_{nullptr};
 };
 
 // Removes trailing '/' (keeping a lone "/") and collapses "//" runs and "/./"
