@@ -1,0 +1,742 @@
+#include "fs/write_ops.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <pugixml.hpp>
+#include <vector>
+
+#include "core/chain/backing_ref.h"
+#include "core/format/driver.h"
+#include "core/format/qcow2/writer.h"
+#include "core/pool/pool_scan.h"
+#include "core/write/create.h"
+#include "core/write/remove.h"
+#include "core/write/rename.h"
+#include "core/write/retarget.h"
+#include "core/write/volume_xml_parse.h"
+#include "fs/errno_map.h"
+#include "fs/state.h"
+
+namespace chainfs::fs {
+
+namespace {
+
+using core::Code;
+using core::Error;
+using core::Result;
+using core::Status;
+
+// Logs the outcome of a change: "ok" with `done`, or the errno and reason.
+Status Logged(FsState& fs, const char* op, const std::string& path, Status s,
+              const std::string& done) {
+  if (s.ok()) {
+    fs.log.Add(op, path, "ok", done);
+  } else {
+    int err = ErrnoFromStatus(s);
+    fs.CountError();
+    fs.log.Add(op, path, ErrnoName(err == 0 ? EIO : err), s.message());
+  }
+  return s;
+}
+
+Status ReadOnly() { return Error(Code::kReadOnly, "mounted read-only (-o ro)"); }
+
+// EPERM has no Code of its own; it travels as kIo with the saved errno.
+Status NotPermitted(const std::string& reason) { return Status(Code::kIo, reason, EPERM); }
+
+std::string JoinPath(const std::string& dir, const std::string& name) {
+  return dir == "/" ? "/" + name : dir + "/" + name;
+}
+
+std::string ChildPath(const NodeKey& parent, const std::string& name) {
+  return parent.kind == NodeKind::kRoot ? "/" + name : parent.Path() + "/" + name;
+}
+
+Result<core::PoolDef> BrowsablePool(FsState& fs, const std::string& name) {
+  std::optional<core::PoolDef> def = fs.catalog.FindPool(name);
+  if (!def || !def->Browsable()) return Error(Code::kNotFound, "no browsable pool '{}'", name);
+  return *def;
+}
+
+Result<core::VolumeEntry> FindVolume(FsState& fs, const std::string& pool,
+                                     const std::string& volume) {
+  if (IsReservedPoolEntry(volume)) return Error(Code::kNotFound, "'{}' is reserved", volume);
+  std::optional<core::VolumeEntry> v = fs.catalog.FindVolume(pool, volume);
+  if (!v) return Error(Code::kNotFound, "no volume '{}' in pool '{}'", volume, pool);
+  return *v;
+}
+
+Status CheckNewName(const std::string& name) {
+  if (!core::IsAcceptableVolumeName(name) || IsReservedPoolEntry(name)) {
+    return Error(Code::kInvalidArgument,
+                 "'{}' cannot be a volume name (reserved, or has control characters)", name);
+  }
+  return Status::Ok();
+}
+
+// The absolute paths of every volume of every browsable pool.
+std::vector<std::string> AllVolumePaths(FsState& fs) {
+  std::vector<std::string> out;
+  for (const core::PoolDef& pool : fs.catalog.Pools()) {
+    if (!pool.Browsable()) continue;
+    std::shared_ptr<const core::PoolScan> scan = fs.catalog.Scan(pool.name);
+    if (!scan) continue;
+    for (const core::VolumeEntry& v : scan->volumes) out.push_back(v.path);
+  }
+  return out;
+}
+
+// Drops what the daemon caches about the images at `paths` (created,
+// rewritten, renamed or removed): the chains through them and the scans of
+// their pool folders (Tree::InvalidateImage). Timestamps are coarse, so
+// revalidation by (size, mtime, ctime) alone could miss a header rewritten
+// in the same tick: the inspector's parsed headers go too when headers were
+// rewritten. The kernel's caches follow from the pool directories' inotify
+// events (the watcher thread), never from here.
+void AfterChange(FsState& fs, const std::vector<std::string>& paths, bool headers_rewritten) {
+  if (headers_rewritten) fs.inspector.Clear();
+  for (const std::string& path : paths) fs.tree.InvalidateImage(path);
+}
+
+Status CheckCallerReads(const Caller& caller, const std::string& path) {
+  if (caller.uid == 0) return Status::Ok();
+  Result<core::FileStat> st = core::StatPath(path);
+  if (!st.ok()) return st.status();
+  if (!CallerCanRead(caller, st->uid, st->gid, st->mode)) {
+    return Error(Code::kPermissionDenied, "uid {} may not read '{}'", caller.uid, path);
+  }
+  return Status::Ok();
+}
+
+Status CheckCallerWrites(const Caller& caller, const core::FileStat& st, const std::string& path) {
+  if (!CallerCanWrite(caller, st.uid, st.gid, st.mode)) {
+    return Error(Code::kPermissionDenied, "uid {} may not change '{}'", caller.uid, path);
+  }
+  return Status::Ok();
+}
+
+// Owner and mode of a file made on behalf of `caller`: a root daemon gives
+// the file to the caller, as a local file system would.
+core::NewFileOptions FileOptionsFor(const Caller& caller, uint32_t mode) {
+  core::NewFileOptions opts;
+  opts.mode = mode;
+  if (::geteuid() == 0 && caller.uid != 0) {
+    opts.uid = caller.uid;
+    opts.gid = caller.gid;
+  }
+  return opts;
+}
+
+// A backing as it will be recorded, and the file it names on the host.
+struct BackingChoice {
+  std::string as_written;
+  std::string resolved;
+};
+
+// A relative name whose first component has a ':' would read as a protocol.
+std::string GuardColon(std::string s) {
+  if (s.substr(0, s.find('/')).find(':') != std::string::npos) s = "./" + s;
+  return s;
+}
+
+// Turns mount components POOL/VOL into a backing: just the name for a
+// volume of `from_pool`, else the volume's absolute host path.
+Result<BackingChoice> MountVolumeAsBacking(FsState& fs, const std::string& from_pool,
+                                           const std::vector<std::string>& parts,
+                                           const std::string& shown) {
+  if (parts.size() != 2) {
+    return Error(Code::kInvalidArgument,
+                 "'{}' is not a volume: inside the mount a backing is POOL/VOLUME", shown);
+  }
+  Result<core::PoolDef> pool = BrowsablePool(fs, parts[0]);
+  if (!pool.ok()) return pool.status();
+  Result<core::VolumeEntry> v = FindVolume(fs, parts[0], parts[1]);
+  if (!v.ok()) return v.status();
+  if (parts[0] == from_pool) return BackingChoice{GuardColon(parts[1]), v->path};
+  return BackingChoice{v->path, v->path};
+}
+
+// Splits a path into components, resolving "." and ".."; `start` holds the
+// components of the directory it is relative to. kInvalidArgument if it
+// climbs above the mount's root.
+Result<std::vector<std::string>> WalkMountPath(std::vector<std::string> start, std::string_view rel,
+                                               const std::string& shown) {
+  size_t i = 0;
+  while (i <= rel.size()) {
+    size_t j = rel.find('/', i);
+    if (j == std::string_view::npos) j = rel.size();
+    std::string_view part = rel.substr(i, j - i);
+    i = j + 1;
+    if (part.empty() || part == ".") continue;
+    if (part == "..") {
+      if (start.empty()) {
+        return Error(Code::kInvalidArgument,
+                     "'{}' leads out of the mount; give an absolute host path instead", shown);
+      }
+      start.pop_back();
+      continue;
+    }
+    start.emplace_back(part);
+  }
+  return start;
+}
+
+// Maps an absolute path inside the mount to the host; nullopt when `path`
+// is not inside the mount.
+std::optional<Result<BackingChoice>> MapMountPath(FsState& fs, const std::string& from_pool,
+                                                  const std::string& path) {
+  const std::string& mp = fs.config.mountpoint;
+  if (mp.empty() || path.compare(0, mp.size(), mp) != 0) return std::nullopt;
+  if (path.size() > mp.size() && path[mp.size()] != '/') return std::nullopt;
+  Result<std::vector<std::string>> parts = WalkMountPath({}, path.substr(mp.size()), path);
+  if (!parts.ok()) return Result<BackingChoice>(parts.status());
+  return MountVolumeAsBacking(fs, from_pool, *parts, path);
+}
+
+// Reads the target of `ln -s TARGET POOL/NEW` (DESIGN section 2).
+Result<BackingChoice> MapLinkTarget(FsState& fs, const std::string& pool,
+                                    const std::string& target) {
+  if (target.empty()) return Error(Code::kInvalidArgument, "empty link target");
+  if (target[0] == '/') {
+    if (auto mapped = MapMountPath(fs, pool, target)) return *mapped;
+    return BackingChoice{target, target};
+  }
+  Result<std::vector<std::string>> parts = WalkMountPath({pool}, target, target);
+  if (!parts.ok()) return parts.status();
+  return MountVolumeAsBacking(fs, pool, *parts, target);
+}
+
+bool IsBlank(std::string_view s) {
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; });
+}
+
+// Strips the one trailing newline `echo` adds; refuses anything else that
+// is not a single line.
+Result<std::string> OneLine(std::string_view value, const char* what) {
+  if (!value.empty() && value.back() == '\n') value.remove_suffix(1);
+  if (value.find('\n') != std::string_view::npos) {
+    return Error(Code::kInvalidArgument, "{} takes one line", what);
+  }
+  return std::string(value);
+}
+
+Status ApplyBacking(FsState& fs, const Caller& caller, const NodeKey& key, std::string_view raw) {
+  Result<std::string> value = OneLine(raw, "backing");
+  if (!value.ok()) return value.status();
+  Result<core::VolumeEntry> v = FindVolume(fs, key.pool, key.volume);
+  if (!v.ok()) return v.status();
+  CHAINFS_RETURN_IF_ERROR(CheckCallerWrites(caller, v->stat, v->path));
+  std::string backing = *value;
+  if (backing.empty()) {
+    return Error(Code::kInvalidArgument,
+                 "an empty backing would drop the backing file and change what the guest sees; "
+                 "use VOL/rebase to flatten");
+  }
+  // A path inside the mount is recorded as the host path it shows.
+  if (backing[0] == '/') {
+    if (auto mapped = MapMountPath(fs, key.pool, backing)) {
+      if (!mapped->ok()) return mapped->status();
+      backing = (*mapped)->resolved;
+    }
+  }
+  Result<core::BackingRef> ref = core::ClassifyBacking(backing, v->path);
+  if (!ref.ok()) return ref.status();
+  if (!ref->resolved_path.empty()) {
+    Status readable = CheckCallerReads(caller, ref->resolved_path);
+    if (!readable.ok() && readable.code() != Code::kNotFound) return readable;
+  }
+  core::TrustContext trust = fs.catalog.MakeTrustContext(fs.inspector);
+  Status s = core::Retarget(fs.inspector, v->path, backing, trust);
+  if (s.ok()) AfterChange(fs, {v->path}, true);
+  return s;
+}
+
+Status ApplyBackingFormat(FsState& fs, const Caller& caller, const NodeKey& key,
+                          std::string_view raw) {
+  Result<std::string> value = OneLine(raw, "backing_format");
+  if (!value.ok()) return value.status();
+  Result<core::VolumeEntry> v = FindVolume(fs, key.pool, key.volume);
+  if (!v.ok()) return v.status();
+  CHAINFS_RETURN_IF_ERROR(CheckCallerWrites(caller, v->stat, v->path));
+  if (value->empty()) return Error(Code::kInvalidArgument, "empty format name");
+  Status s = core::SetBackingFormat(v->path, *value);
+  if (s.ok()) AfterChange(fs, {v->path}, true);
+  return s;
+}
+
+// The owner/group/mode of a volume made from XML, checked for the caller:
+// only root may give a file away or set the set-id bits.
+Result<core::NewFileOptions> CreateFileOptions(const Caller& caller, const core::VolumeSpec& spec) {
+  uint32_t mode = spec.mode.value_or(0600);
+  if (mode > 07777) return Error(Code::kInvalidArgument, "mode {:o} is not a file mode", mode);
+  core::NewFileOptions opts = FileOptionsFor(caller, mode);
+  if (caller.uid != 0) {
+    if (mode & (S_ISUID | S_ISGID | S_ISVTX)) {
+      return Error(Code::kPermissionDenied, "uid {} may not set the set-id or sticky bits",
+                   caller.uid);
+    }
+    if (spec.owner && *spec.owner != caller.uid) {
+      return Error(Code::kPermissionDenied, "uid {} may not create a volume owned by uid {}",
+                   caller.uid, *spec.owner);
+    }
+    if (spec.group && *spec.group != caller.gid &&
+        std::find(caller.groups.begin(), caller.groups.end(), *spec.group) == caller.groups.end()) {
+      return Error(Code::kPermissionDenied, "uid {} is not in group {}", caller.uid, *spec.group);
+    }
+  }
+  if (spec.owner) opts.uid = *spec.owner;
+  if (spec.group) opts.gid = *spec.group;
+  return opts;
+}
+
+Status ApplyCreate(FsState& fs, const Caller& caller, const NodeKey& key, std::string_view xml,
+                   std::string* created) {
+  Result<core::VolumeSpec> spec = core::ParseVolumeXml(xml);
+  if (!spec.ok()) return spec.status();
+  Result<core::PoolDef> pool = BrowsablePool(fs, key.pool);
+  if (!pool.ok()) return pool.status();
+  CHAINFS_RETURN_IF_ERROR(CheckNewName(spec->name));
+  const std::string path = JoinPath(pool->target_path, spec->name);
+  *created = ChildPath(NodeKey(NodeKind::kPoolDir, key.pool), spec->name);
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0) return Error(Code::kExists, "'{}' already exists", path);
+  Result<core::NewFileOptions> file = CreateFileOptions(caller, *spec);
+  if (!file.ok()) return file.status();
+
+  if (spec->format == "raw") {
+    if (!spec->capacity) return Error(Code::kInvalidArgument, "a raw volume needs a <capacity>");
+    Status s = core::CreateRaw(path, *spec->capacity, *file);
+    if (s.ok()) AfterChange(fs, {path}, false);
+    return s;
+  }
+  core::Qcow2CreateOptions opts;
+  opts.version = spec->compat && *spec->compat == "0.10" ? 2 : 3;
+  if (spec->cluster_size) opts.cluster_size = *spec->cluster_size;
+  opts.lazy_refcounts = spec->lazy_refcounts;
+  opts.extended_l2 = spec->extended_l2;
+  opts.file = *file;
+  if (spec->backing_path) {
+    BackingChoice b{*spec->backing_path, *spec->backing_path};
+    if (b.as_written.empty()) return Error(Code::kInvalidArgument, "empty <backingStore><path>");
+    if (b.as_written[0] == '/') {
+      if (auto mapped = MapMountPath(fs, "", b.as_written)) {
+        if (!mapped->ok()) return mapped->status();
+        b = {(*mapped)->resolved, (*mapped)->resolved};
+      }
+    } else {
+      b.resolved = JoinPath(pool->target_path, b.as_written);  // qemu: relative to the image
+    }
+    Result<core::FileStat> target = core::StatPath(b.resolved);
+    if (!target.ok()) {
+      if (target.status().code() == Code::kNotFound) {
+        return Error(Code::kNotFound, "backing '{}' does not exist", b.resolved);
+      }
+      return target.status();
+    }
+    CHAINFS_RETURN_IF_ERROR(CheckCallerReads(caller, b.resolved));
+    std::string format;
+    if (spec->backing_format) {
+      format = *spec->backing_format;
+      if (core::FindDriver(format) == nullptr) {
+        return Error(Code::kInvalidArgument, "'{}' is not a known image format", format);
+      }
+    } else {
+      core::TrustContext trust = fs.catalog.MakeTrustContext(fs.inspector);
+      Result<std::string> trusted = core::TrustedBackingFormat(fs.inspector, b.resolved, trust);
+      if (!trusted.ok()) return trusted.status();
+      format = *trusted;
+    }
+    if (!spec->capacity) {
+      Result<std::shared_ptr<const core::Inspection>> in = fs.inspector.Inspect(b.resolved, format);
+      if (!in.ok()) return in.status();
+      if (!(*in)->meta) {
+        return Error(Code::kCorrupt, "backing '{}' cannot be read as {}: {}", b.resolved, format,
+                     (*in)->parse_status.message());
+      }
+      opts.size = (*in)->meta->virtual_size;
+    }
+    opts.backing = b.as_written;
+    opts.backing_format = format;
+  }
+  if (spec->capacity) opts.size = *spec->capacity;
+  CHAINFS_RETURN_IF_ERROR(core::ValidateQcow2CreateOptions(opts));
+  Status s = core::CreateQcow2(path, opts);
+  if (s.ok()) AfterChange(fs, {path}, false);
+  return s;
+}
+
+// Returns true when `buf` holds a whole XML document (then it is acted on).
+bool XmlComplete(const std::string& buf) {
+  if (IsBlank(buf)) return false;
+  pugi::xml_document doc;
+  pugi::xml_parse_result r = doc.load_buffer(buf.data(), buf.size());
+  return r && doc.document_element();
+}
+
+}  // namespace
+
+NodeKey CreateFileKey(const std::string& pool) {
+  NodeKey key(NodeKind::kPoolFile, pool);
+  key.file = kCreateFileName;
+  return key;
+}
+
+bool IsCreateFileKey(const NodeKey& key) {
+  return key.kind == NodeKind::kPoolFile && key.file == kCreateFileName;
+}
+
+bool IsWritableFile(const NodeKey& key) {
+  if (IsCreateFileKey(key)) return true;
+  return key.kind == NodeKind::kVolumeFile &&
+         (key.file == "backing" || key.file == "backing_format");
+}
+
+bool IsPendingLinkKey(const NodeKey& key) {
+  return key.kind == NodeKind::kElementLink && key.index == kPendingLinkIndex;
+}
+
+bool CallerCanWrite(const Caller& caller, uint32_t uid, uint32_t gid, uint32_t mode) {
+  if (caller.uid == 0) return true;
+  if (caller.uid == uid) return (mode & S_IWUSR) != 0;
+  bool in_group = caller.gid == gid ||
+                  std::find(caller.groups.begin(), caller.groups.end(), gid) != caller.groups.end();
+  if (in_group) return (mode & S_IWGRP) != 0;
+  return (mode & S_IWOTH) != 0;
+}
+
+uint64_t WriteState::Add(const NodeKey& key, const Caller& caller, bool truncated) {
+  auto h = std::make_shared<Handle>();
+  h->key = key;
+  h->caller = caller;
+  h->truncated = truncated;
+  std::lock_guard<std::mutex> lock(mu_);
+  uint64_t fh = kHandleBit | next_++;
+  handles_.emplace(fh, std::move(h));
+  return fh;
+}
+
+std::shared_ptr<WriteState::Handle> WriteState::Get(uint64_t fh) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = handles_.find(fh);
+  return it == handles_.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<WriteState::Handle> WriteState::Remove(uint64_t fh) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = handles_.find(fh);
+  if (it == handles_.end()) return nullptr;
+  std::shared_ptr<Handle> h = std::move(it->second);
+  handles_.erase(it);
+  return h;
+}
+
+size_t WriteState::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return handles_.size();
+}
+
+Result<NodeAttr> AttrWithWrites(FsState& fs, const NodeKey& key) {
+  if (IsCreateFileKey(key) || IsPendingLinkKey(key)) {
+    Result<core::PoolDef> pool = BrowsablePool(fs, key.pool);
+    if (!pool.ok()) return pool.status();
+    Result<core::FileStat> dir = core::StatPath(pool->target_path);
+    if (!dir.ok()) return dir.status();
+    NodeAttr a;
+    a.uid = dir->uid;
+    a.gid = dir->gid;
+    a.atime = dir->atime;
+    a.mtime = dir->mtime;
+    a.ctime = dir->ctime;
+    if (IsPendingLinkKey(key)) {
+      a.mode = S_IFLNK | 0777;
+      a.size = key.file.size();
+    } else {
+      a.mode = S_IFREG | (fs.config.read_only ? 0 : (dir->mode & 0222));
+    }
+    return a;
+  }
+  Result<NodeAttr> a = fs.tree.GetAttr(key);
+  if (!a.ok() || fs.config.read_only) return a;
+  if (key.kind == NodeKind::kPoolDir) {
+    if (std::optional<core::PoolDef> pool = fs.catalog.FindPool(key.pool)) {
+      Result<core::FileStat> dir = core::StatPath(pool->target_path);
+      if (dir.ok()) a->mode |= dir->mode & 0222;
+    }
+  } else if (IsWritableFile(key)) {
+    if (std::optional<core::VolumeEntry> v = fs.catalog.FindVolume(key.pool, key.volume)) {
+      a->mode |= v->stat.mode & 0222;
+    }
+  }
+  return a;
+}
+
+std::optional<NodeKey> LookupWriteNode(const NodeKey& parent, const std::string& name) {
+  if (parent.kind == NodeKind::kPoolDir && name == kCreateFileName)
+    return CreateFileKey(parent.pool);
+  return std::nullopt;
+}
+
+Result<uint64_t> OpenForWrite(FsState& fs, const Caller& caller, const NodeKey& key, int flags) {
+  auto refuse = [&](Status s) -> Result<uint64_t> {
+    return Logged(fs, "open", key.Path(), std::move(s), "");
+  };
+  if (fs.config.read_only) return refuse(ReadOnly());
+  if (!IsWritableFile(key)) return refuse(Error(Code::kPermissionDenied, "read-only file"));
+  bool writes = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
+  if (!writes) {
+    return refuse(Error(Code::kPermissionDenied,
+                        "{} is write-only: write a libvirt <volume> XML to it", kCreateFileName));
+  }
+  if (IsCreateFileKey(key)) {
+    Result<core::PoolDef> pool = BrowsablePool(fs, key.pool);
+    if (!pool.ok()) return refuse(pool.status());
+    Result<core::FileStat> dir = core::StatPath(pool->target_path);
+    if (!dir.ok()) return refuse(dir.status());
+    Status may = CheckCallerWrites(caller, *dir, pool->target_path);
+    if (!may.ok()) return refuse(may);
+  } else {
+    Result<core::VolumeEntry> v = FindVolume(fs, key.pool, key.volume);
+    if (!v.ok()) return refuse(v.status());
+    Status may = CheckCallerWrites(caller, v->stat, v->path);
+    if (!may.ok()) return refuse(may);
+  }
+  return fs.writes.Add(key, caller, (flags & O_TRUNC) != 0);
+}
+
+Status ApplyValue(FsState& fs, const Caller& caller, const NodeKey& key, std::string_view value) {
+  std::lock_guard<std::mutex> change(fs.writes.change_mu());
+  const char* op = IsCreateFileKey(key) ? "create" : "write";
+  if (fs.config.read_only) return Logged(fs, op, key.Path(), ReadOnly(), "");
+  if (IsCreateFileKey(key)) {
+    std::string created;
+    Status s = ApplyCreate(fs, caller, key, value, &created);
+    return Logged(fs, op, created.empty() ? key.Path() : created, s, "volume created from XML");
+  }
+  if (key.kind == NodeKind::kVolumeFile && key.file == "backing") {
+    Status s = ApplyBacking(fs, caller, key, value);
+    std::string shown(value.substr(0, value.find('\n')));
+    return Logged(fs, op, key.Path(), s, fmt::format("backing set to '{}' (metadata only)", shown));
+  }
+  if (key.kind == NodeKind::kVolumeFile && key.file == "backing_format") {
+    Status s = ApplyBackingFormat(fs, caller, key, value);
+    std::string shown(value.substr(0, value.find('\n')));
+    return Logged(fs, op, key.Path(), s, fmt::format("backing format recorded as '{}'", shown));
+  }
+  return Logged(fs, op, key.Path(), Error(Code::kPermissionDenied, "read-only file"), "");
+}
+
+Result<size_t> WriteToHandle(FsState& fs, uint64_t fh, std::string_view data, off_t offset) {
+  std::shared_ptr<WriteState::Handle> h = fs.writes.Get(fh);
+  if (!h) return Status(Code::kIo, "unknown write handle", EBADF);
+  std::optional<std::string> value;
+  {
+    std::lock_guard<std::mutex> lock(h->mu);
+    if (offset < 0 || uint64_t(offset) < h->base) {
+      return Logged(fs, "write", h->key.Path(),
+                    Error(Code::kInvalidArgument,
+                          "a value written earlier was already applied; write the whole value "
+                          "again from the start"),
+                    "");
+    }
+    uint64_t rel = uint64_t(offset) - h->base;
+    if (rel > kMaxWriteBytes || data.size() > kMaxWriteBytes - rel) {
+      return Logged(fs, "write", h->key.Path(),
+                    Status(Code::kIo, fmt::format("more than {} bytes", kMaxWriteBytes), EFBIG),
+                    "");
+    }
+    if (h->buf.size() < rel + data.size()) h->buf.resize(rel + data.size(), '\0');
+    std::memcpy(h->buf.data() + rel, data.data(), data.size());
+    h->dirty = true;
+    h->wrote = true;
+    bool complete =
+        IsCreateFileKey(h->key) ? XmlComplete(h->buf) : (!h->buf.empty() && h->buf.back() == '\n');
+    if (complete) {
+      value = std::move(h->buf);
+      h->base += value->size();
+      h->buf.clear();
+      h->dirty = false;
+    }
+  }
+  if (value) {
+    Status s = ApplyValue(fs, h->caller, h->key, *value);
+    if (!s.ok()) return s;
+  }
+  return data.size();
+}
+
+Status FlushHandle(FsState& fs, uint64_t fh) {
+  std::shared_ptr<WriteState::Handle> h = fs.writes.Get(fh);
+  if (!h) return Status::Ok();
+  std::string value;
+  {
+    std::lock_guard<std::mutex> lock(h->mu);
+    if (!h->dirty) return Status::Ok();
+    value = std::move(h->buf);
+    h->base += value.size();
+    h->buf.clear();
+    h->dirty = false;
+  }
+  if (IsCreateFileKey(h->key) && IsBlank(value)) return Status::Ok();
+  return ApplyValue(fs, h->caller, h->key, value);
+}
+
+void ReleaseHandle(FsState& fs, uint64_t fh) {
+  FlushHandle(fs, fh);  // logged there
+  std::shared_ptr<WriteState::Handle> h = fs.writes.Remove(fh);
+  if (!h) return;
+  std::lock_guard<std::mutex> lock(h->mu);
+  if (h->truncated && !h->wrote && !IsCreateFileKey(h->key) && !fs.config.read_only) {
+    Logged(fs, "write", h->key.Path(),
+           Error(Code::kInvalidArgument,
+                 "nothing was written: an empty value is refused (use VOL/rebase to drop a "
+                 "backing file)"),
+           "");
+  }
+}
+
+Status TruncateWritable(FsState& fs, const NodeKey& key, uint64_t fh, uint64_t size) {
+  if (fs.config.read_only) return Logged(fs, "setattr", key.Path(), ReadOnly(), "");
+  if (!IsWritableFile(key)) {
+    return Logged(fs, "setattr", key.Path(), Error(Code::kPermissionDenied, "read-only file"), "");
+  }
+  if (size != 0) {
+    return Logged(fs, "setattr", key.Path(),
+                  Error(Code::kInvalidArgument, "only truncation to 0 bytes is meaningful"), "");
+  }
+  if (fh != 0 && WriteState::Owns(fh)) {
+    if (std::shared_ptr<WriteState::Handle> h = fs.writes.Get(fh)) {
+      std::lock_guard<std::mutex> lock(h->mu);
+      h->buf.clear();
+      h->base = 0;
+      h->dirty = false;
+      h->truncated = true;
+      return Status::Ok();
+    }
+  }
+  if (IsCreateFileKey(key)) return Status::Ok();
+  return Logged(fs, "setattr", key.Path(),
+                Error(Code::kInvalidArgument,
+                      "truncating alone would record an empty value; write the new value "
+                      "(echo VALUE > FILE), or use VOL/rebase to drop a backing file"),
+                "");
+}
+
+Result<NodeKey> SymlinkOverlay(FsState& fs, const Caller& caller, const NodeKey& parent,
+                               const std::string& name, const std::string& target) {
+  const std::string path = ChildPath(parent, name);
+  auto refuse = [&](Status s) -> Result<NodeKey> {
+    return Logged(fs, "symlink", path, std::move(s), "");
+  };
+  if (fs.config.read_only) return refuse(ReadOnly());
+  if (parent.kind == NodeKind::kVolumeDir) {
+    return refuse(Error(Code::kExists,
+                        "'{}' is an existing volume (ln -s put the link inside it); choose a "
+                        "new name",
+                        parent.Path()));
+  }
+  if (parent.kind != NodeKind::kPoolDir) {
+    return refuse(NotPermitted("overlays are created in a pool directory: ln -s BACKING POOL/NEW"));
+  }
+  std::lock_guard<std::mutex> change(fs.writes.change_mu());
+  Result<core::PoolDef> pool = BrowsablePool(fs, parent.pool);
+  if (!pool.ok()) return refuse(pool.status());
+  Status named = CheckNewName(name);
+  if (!named.ok()) return refuse(named);
+  Result<BackingChoice> b = MapLinkTarget(fs, parent.pool, target);
+  if (!b.ok()) return refuse(b.status());
+  Status readable = CheckCallerReads(caller, b->resolved);
+  if (!readable.ok() && readable.code() != Code::kNotFound) return refuse(readable);
+  core::TrustContext trust = fs.catalog.MakeTrustContext(fs.inspector);
+  const std::string new_path = JoinPath(pool->target_path, name);
+  Status s = core::CreateOverlay(fs.inspector, new_path, b->as_written, b->resolved, std::nullopt,
+                                 trust, FileOptionsFor(caller, 0644));
+  if (!s.ok()) return refuse(s);
+  AfterChange(fs, {new_path}, false);
+  Logged(fs, "symlink", path, s,
+         fmt::format("created a qcow2 overlay of '{}' (backing string '{}')", b->resolved,
+                     b->as_written));
+  NodeKey placeholder(NodeKind::kElementLink, parent.pool, name, kPendingLinkIndex, target);
+  return placeholder;
+}
+
+Status RenameVolume(FsState& fs, const Caller& caller, const NodeKey& parent,
+                    const std::string& name, const NodeKey& new_parent, const std::string& new_name,
+                    unsigned int flags) {
+  const std::string path = ChildPath(parent, name);
+  const std::string new_path_shown = ChildPath(new_parent, new_name);
+  auto log = [&](Status s, const std::string& done) {
+    return Logged(fs, "rename", path, std::move(s), done);
+  };
+  if (fs.config.read_only) return log(ReadOnly(), "");
+  if (flags & ~unsigned(RENAME_NOREPLACE)) {
+    return log(Error(Code::kInvalidArgument, "only plain renames are supported (no exchange)"), "");
+  }
+  if (parent.kind != NodeKind::kPoolDir) {
+    return log(NotPermitted("only volumes (POOL/VOL) can be renamed"), "");
+  }
+  if (new_parent.kind == NodeKind::kVolumeDir) {
+    return log(Error(Code::kExists, "'{}' is an existing volume", new_parent.Path()), "");
+  }
+  if (new_parent.kind != NodeKind::kPoolDir) {
+    return log(NotPermitted(fmt::format("'{}' is not a pool directory", new_parent.Path())), "");
+  }
+  std::lock_guard<std::mutex> change(fs.writes.change_mu());
+  Result<core::PoolDef> to_pool = BrowsablePool(fs, new_parent.pool);
+  if (!to_pool.ok()) return log(to_pool.status(), "");
+  Result<core::VolumeEntry> v = FindVolume(fs, parent.pool, name);
+  if (!v.ok()) return log(v.status(), "");
+  Status named = CheckNewName(new_name);
+  if (!named.ok()) return log(named, "");
+  const std::string new_path = JoinPath(to_pool->target_path, new_name);
+  Result<core::RenamePlan> plan =
+      core::PlanRename(fs.inspector, v->path, new_path, AllVolumePaths(fs));
+  if (!plan.ok()) return log(plan.status(), "");
+  for (const core::BackingRewrite& r : plan->rewrites) {
+    Status may = CheckCallerWrites(caller, r.stat, r.path);
+    if (!may.ok()) {
+      return log(
+          Error(Code::kPermissionDenied, "{}, whose backing string would change", may.message()),
+          "");
+    }
+  }
+  Status s = core::ExecuteRename(fs.inspector, *plan);
+  if (s.ok() || s.code() == Code::kIo) {
+    std::vector<std::string> touched = {v->path, new_path};
+    for (const core::BackingRewrite& r : plan->rewrites) touched.push_back(r.path);
+    AfterChange(fs, touched, true);
+  }
+  return log(s, fmt::format("renamed to '{}' ({}); rewrote the backing string of {} overlay(s)",
+                            new_path_shown, new_path, plan->rewrites.size()));
+}
+
+Status RemoveVolume(FsState& fs, const Caller& /*caller*/, const NodeKey& parent,
+                    const std::string& name) {
+  const std::string path = ChildPath(parent, name);
+  auto log = [&](Status s, const std::string& done) {
+    return Logged(fs, "rmdir", path, std::move(s), done);
+  };
+  if (fs.config.read_only) return log(ReadOnly(), "");
+  if (parent.kind != NodeKind::kPoolDir) {
+    return log(NotPermitted("only volumes (POOL/VOL) can be removed, with rmdir"), "");
+  }
+  std::lock_guard<std::mutex> change(fs.writes.change_mu());
+  Result<core::VolumeEntry> v = FindVolume(fs, parent.pool, name);
+  if (!v.ok()) return log(v.status(), "");
+  Status s = core::RemoveImage(fs.inspector, v->path, AllVolumePaths(fs));
+  if (s.ok()) AfterChange(fs, {v->path}, true);
+  return log(s, fmt::format("deleted the image '{}'", v->path));
+}
+
+Status RefuseChange(FsState& fs, const char* op, const std::string& path,
+                    const std::string& reason) {
+  return Logged(fs, op, path, fs.config.read_only ? ReadOnly() : NotPermitted(reason), "");
+}
+
+}  // namespace chainfs::fs
