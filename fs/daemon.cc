@@ -4,6 +4,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -138,7 +139,22 @@ int RunMount(const MountOptions& options) {
   fuse_session_unmount(se.get());
   state->session = nullptr;
   se.reset();
-  return rc == 0 || rc == SIGTERM || rc == SIGINT ? 0 : 1;
+  int exit_code = rc == 0 || rc == SIGTERM || rc == SIGINT ? 0 : 1;
+  // A running rebase cannot be stopped between chunks: wait for it, bounded.
+  // The mount is already gone, so nobody hangs on it meanwhile.
+  if (!state->rebases.WaitAll(std::chrono::milliseconds(0))) {
+    state->log.Add("unmount", config.mountpoint, "waiting",
+                   fmt::format("a rebase is running; waiting up to {} s for it to finish",
+                               kRebaseShutdownWait.count()));
+    if (!state->rebases.WaitAll(kRebaseShutdownWait)) {
+      state->log.Add("unmount", config.mountpoint, "abandoned",
+                     "the rebase did not finish in time; its image keeps its old backing and "
+                     "content (write the value to VOL/rebase again to finish it)");
+      std::fflush(nullptr);
+      std::_Exit(exit_code);  // the job's thread still uses the state: no destructors
+    }
+  }
+  return exit_code;
 }
 
 }  // namespace chainfs::fs

@@ -62,7 +62,7 @@ const std::vector<std::string>& ControlFileNames() {
 const std::vector<std::string>& VolumeFileNames() {
   static const std::vector<std::string> names = {
       "allocation", "backing",  "backing_format", "capacity", "disk.xml",
-      "format",     "info",     "info.json",      "problems", "volume.xml"};
+      "format",     "info",     "info.json",      "problems", "rebase",   "volume.xml"};
   return names;
 }
 

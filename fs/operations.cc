@@ -34,6 +34,7 @@ double TimeoutFor(const FsState& fs, const NodeKey& key) {
   // SIGHUP are entries, invalidated by the watcher).
   if (key.kind == NodeKind::kControlDir || key.kind == NodeKind::kRoot) return kStaticTimeout;
   if (key.kind == NodeKind::kControlFile) return 0.0;
+  if (key.kind == NodeKind::kVolumeFile && key.file == kRebaseFileName) return 0.0;  // job state
   return fs.config.cache_timeout;
 }
 
@@ -400,7 +401,8 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
     // (our last entry/attr reply) equals the content's: a shorter new
     // content would leave stale bytes before the old end of file.
     bool cacheable = fs.config.cache_timeout > 0 && fs.session != nullptr &&
-                     (key->kind == NodeKind::kVolumeFile || key->kind == NodeKind::kElementFile);
+                     (key->kind == NodeKind::kVolumeFile || key->kind == NodeKind::kElementFile) &&
+                     key->file != kRebaseFileName;
     std::optional<uint64_t> reported = cacheable ? fs.nodes.ReportedSize(ino) : std::nullopt;
     bool stored = false;
     if (reported && *reported == bytes->size()) {

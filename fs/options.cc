@@ -42,8 +42,12 @@ core::Status TakeOption(const std::string& opt, MountOptions& o) {
     }
     o.cache_timeout = t;
   } else {
-    if (opt == "ro") o.read_only = true;
-    if (opt == "rw") o.read_only = false;
+    // ro stays in the daemon: a kernel read-only mount would refuse changes
+    // before they reach chainfs, so they could not be logged (DESIGN 2).
+    if (opt == "ro" || opt == "rw") {
+      o.read_only = opt == "ro";
+      return core::Status::Ok();
+    }
     // default_permissions is always on; fsname/subtype are ours.
     if (opt == "default_permissions" || opt.rfind("fsname=", 0) == 0 ||
         opt.rfind("subtype=", 0) == 0) {

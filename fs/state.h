@@ -12,6 +12,7 @@
 #include "fs/event_log.h"
 #include "fs/handles.h"
 #include "fs/node_table.h"
+#include "fs/rebase_jobs.h"
 #include "fs/tree.h"
 #include "fs/write_ops.h"
 
@@ -66,6 +67,9 @@ class FsState {
   WriteState writes;  // open files of the write side, and its change lock
   Tree tree;
   struct fuse_session* session = nullptr;
+  // Background rebases (VOL/rebase). Declared last so that it is destroyed
+  // first: its destructor joins jobs that use the members above.
+  RebaseJobs rebases;
 
  private:
   std::atomic<uint64_t> ops_[static_cast<int>(Op::kCount)] = {};

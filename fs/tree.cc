@@ -306,6 +306,12 @@ Result<std::string> Tree::RenderChainFile(const NodeKey& key, const ChainSnapsho
   }
   if (key.kind != NodeKind::kVolumeFile || chain.elements.empty()) return NotFound(key);
   const std::string& f = key.file;
+  if (f == "rebase") {
+    // Job state, not a chain document: never cached with the snapshot.
+    std::shared_ptr<const core::VolumeEntry> v = catalog_.FindVolumeShared(key.pool, key.volume);
+    if (!v) return NotFound(key);
+    return rebase_renderer_ ? rebase_renderer_(v->path) : std::string();
+  }
   if (f == "volume.xml" || f == "disk.xml") {
     // As chainctl: an image whose own header cannot be read has no XML.
     if (!chain.elements[0].meta) {

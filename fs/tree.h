@@ -74,6 +74,11 @@ class Tree {
 
   // Sets the renderer of .chainfs/stats (the daemon owns the counters).
   void set_stats_renderer(std::function<std::string()> render) { stats_renderer_ = std::move(render); }
+  // Sets the renderer of VOL/rebase, called with the volume's absolute path
+  // (the write side owns the rebase jobs); without one the file is empty.
+  void set_rebase_renderer(std::function<std::string(const std::string& image)> render) {
+    rebase_renderer_ = std::move(render);
+  }
   // Sets the owner of the root and the control files (the daemon's ids) and
   // the time shown on them.
   void set_owner(uint32_t uid, uint32_t gid, struct timespec mount_time);
@@ -95,6 +100,7 @@ class Tree {
   ChainCache& chains_;
   EventLog& log_;
   std::function<std::string()> stats_renderer_;
+  std::function<std::string(const std::string&)> rebase_renderer_;
   uint32_t owner_uid_ = 0;
   uint32_t owner_gid_ = 0;
   struct timespec mount_time_ {};

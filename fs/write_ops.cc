@@ -16,6 +16,8 @@
 #include "core/format/qcow2/writer.h"
 #include "core/pool/pool_scan.h"
 #include "core/write/create.h"
+#include "core/write/in_use.h"
+#include "core/write/rebase.h"
 #include "core/write/remove.h"
 #include "core/write/rename.h"
 #include "core/write/retarget.h"
@@ -117,6 +119,15 @@ Status CheckCallerReads(const Caller& caller, const std::string& path) {
 Status CheckCallerWrites(const Caller& caller, const core::FileStat& st, const std::string& path) {
   if (!CallerCanWrite(caller, st.uid, st.gid, st.mode)) {
     return Error(Code::kPermissionDenied, "uid {} may not change '{}'", caller.uid, path);
+  }
+  return Status::Ok();
+}
+
+// Refuses a change of `path` while a background rebase works on it (the
+// rebased image, or the new backing it is being rebased onto).
+Status CheckNoRebase(FsState& fs, const std::string& path) {
+  if (fs.rebases.Involves(path)) {
+    return Error(Code::kBusy, "a rebase involving '{}' is running (see VOL/rebase)", path);
   }
   return Status::Ok();
 }
@@ -233,6 +244,7 @@ Status ApplyBacking(FsState& fs, const Caller& caller, const NodeKey& key, std::
   Result<core::VolumeEntry> v = FindVolume(fs, key.pool, key.volume);
   if (!v.ok()) return v.status();
   CHAINFS_RETURN_IF_ERROR(CheckCallerWrites(caller, v->stat, v->path));
+  CHAINFS_RETURN_IF_ERROR(CheckNoRebase(fs, v->path));
   std::string backing = *value;
   if (backing.empty()) {
     return Error(Code::kInvalidArgument,
@@ -266,9 +278,83 @@ Status ApplyBackingFormat(FsState& fs, const Caller& caller, const NodeKey& key,
   if (!v.ok()) return v.status();
   CHAINFS_RETURN_IF_ERROR(CheckCallerWrites(caller, v->stat, v->path));
   if (value->empty()) return Error(Code::kInvalidArgument, "empty format name");
+  CHAINFS_RETURN_IF_ERROR(CheckNoRebase(fs, v->path));
   Status s = core::SetBackingFormat(v->path, *value);
   if (s.ok()) AfterChange(fs, {v->path}, true);
   return s;
+}
+
+// `echo PATH > VOL/rebase` / `echo "" > VOL/rebase`: checks what can be
+// checked now (caller, target, format, image locks, no job running) and
+// starts SafeRebase as a background job; sets `shown` to what the log says.
+Status ApplyRebase(FsState& fs, const Caller& caller, const NodeKey& key, std::string_view raw,
+                   std::string* shown) {
+  Result<std::string> value = OneLine(raw, "rebase");
+  if (!value.ok()) return value.status();
+  Result<core::VolumeEntry> v = FindVolume(fs, key.pool, key.volume);
+  if (!v.ok()) return v.status();
+  CHAINFS_RETURN_IF_ERROR(CheckCallerWrites(caller, v->stat, v->path));
+  std::optional<std::string> backing;
+  std::string target;
+  if (!value->empty()) {
+    backing = *value;
+    // A path inside the mount is recorded as the host path it shows.
+    if ((*backing)[0] == '/') {
+      if (auto mapped = MapMountPath(fs, key.pool, *backing)) {
+        if (!mapped->ok()) return mapped->status();
+        backing = (*mapped)->resolved;
+      }
+    }
+    Result<core::BackingRef> ref = core::ClassifyBacking(*backing, v->path);
+    if (!ref.ok()) return ref.status();
+    if (ref->resolved_path.empty()) {
+      return Error(Code::kUnsupported,
+                   "'{}' is a network source whose content cannot be compared here; use "
+                   "echo PATH > VOL/backing (metadata only) when it holds the same data",
+                   *backing);
+    }
+    target = ref->resolved_path;
+    Result<core::FileStat> st = core::StatPath(target);
+    if (!st.ok()) {
+      if (st.status().code() == Code::kNotFound) {
+        return Error(Code::kNotFound, "new backing '{}' does not exist", target);
+      }
+      return st.status();
+    }
+    CHAINFS_RETURN_IF_ERROR(CheckCallerReads(caller, target));
+  }
+  *shown = backing ? fmt::format("rebase onto '{}'", *backing) : std::string("flatten");
+  Result<std::shared_ptr<const core::Inspection>> image = fs.inspector.Inspect(v->path);
+  if (!image.ok()) return image.status();
+  if ((*image)->probed_format != "qcow2") {
+    return Error(Code::kUnsupported, "'{}' is {}, not qcow2; only qcow2 images can be rebased",
+                 v->path, (*image)->probed_format);
+  }
+  if (fs.rebases.Running(v->path)) {
+    return Error(Code::kBusy, "a rebase of '{}' is already running (cat VOL/rebase shows it)",
+                 v->path);
+  }
+  CHAINFS_RETURN_IF_ERROR(CheckNoRebase(fs, v->path));  // the new backing of another job
+  if (!target.empty() && fs.rebases.Running(target)) {
+    return Error(Code::kBusy, "'{}' is being rebased itself; wait for it to finish", target);
+  }
+  CHAINFS_RETURN_IF_ERROR(core::CheckNotInUse(v->path));
+
+  const std::string image_path = v->path;
+  const std::string log_path = NodeKey(NodeKind::kVolumeDir, key.pool, key.volume).Path();
+  auto trust = std::make_shared<core::TrustContext>(fs.catalog.MakeTrustContext(fs.inspector));
+  RebaseJobs::Work work = [&fs, image_path, backing, trust](const RebaseJobs::Progress& progress) {
+    return core::SafeRebase(fs.inspector, image_path, backing, std::nullopt, *trust,
+                            [&progress](uint64_t done, uint64_t total) { progress(done, total); });
+  };
+  std::string what = *shown;
+  RebaseJobs::Finished finished = [&fs, image_path, log_path, what](const Status& s,
+                                                                    double seconds) {
+    // Even a failed copy may have allocated clusters: forget the image.
+    AfterChange(fs, {image_path}, true);
+    Logged(fs, "rebase", log_path, s, fmt::format("{} finished in {:.1f} s", what, seconds));
+  };
+  return fs.rebases.Start(image_path, target, backing, std::move(work), std::move(finished));
 }
 
 // The owner/group/mode of a volume made from XML, checked for the caller:
@@ -395,7 +481,7 @@ bool IsCreateFileKey(const NodeKey& key) {
 bool IsWritableFile(const NodeKey& key) {
   if (IsCreateFileKey(key)) return true;
   return key.kind == NodeKind::kVolumeFile &&
-         (key.file == "backing" || key.file == "backing_format");
+         (key.file == "backing" || key.file == "backing_format" || key.file == kRebaseFileName);
 }
 
 bool IsPendingLinkKey(const NodeKey& key) {
@@ -458,12 +544,15 @@ Result<NodeAttr> AttrWithWrites(FsState& fs, const NodeKey& key) {
       a.mode = S_IFLNK | 0777;
       a.size = key.file.size();
     } else {
-      a.mode = S_IFREG | (fs.config.read_only ? 0 : (dir->mode & 0222));
+      a.mode = S_IFREG | (dir->mode & 0222);
     }
     return a;
   }
+  // The write bits are shown on a read-only mount too: the kernel then lets
+  // every change through to the daemon, which refuses it with EROFS and logs
+  // why (the kernel's own -o ro would refuse silently).
   Result<NodeAttr> a = fs.tree.GetAttr(key);
-  if (!a.ok() || fs.config.read_only) return a;
+  if (!a.ok()) return a;
   if (key.kind == NodeKind::kPoolDir) {
     if (std::optional<core::PoolDef> pool = fs.catalog.FindPool(key.pool)) {
       Result<core::FileStat> dir = core::StatPath(pool->target_path);
@@ -528,6 +617,11 @@ Status ApplyValue(FsState& fs, const Caller& caller, const NodeKey& key, std::st
     Status s = ApplyBackingFormat(fs, caller, key, value);
     std::string shown(value.substr(0, value.find('\n')));
     return Logged(fs, op, key.Path(), s, fmt::format("backing format recorded as '{}'", shown));
+  }
+  if (key.kind == NodeKind::kVolumeFile && key.file == kRebaseFileName) {
+    std::string shown;
+    Status s = ApplyRebase(fs, caller, key, value, &shown);
+    return Logged(fs, op, key.Path(), s, fmt::format("{} started in the background", shown));
   }
   return Logged(fs, op, key.Path(), Error(Code::kPermissionDenied, "read-only file"), "");
 }
@@ -594,9 +688,11 @@ void ReleaseHandle(FsState& fs, uint64_t fh) {
   std::lock_guard<std::mutex> lock(h->mu);
   if (h->truncated && !h->wrote && !IsCreateFileKey(h->key) && !fs.config.read_only) {
     Logged(fs, "write", h->key.Path(),
-           Error(Code::kInvalidArgument,
-                 "nothing was written: an empty value is refused (use VOL/rebase to drop a "
-                 "backing file)"),
+           Error(Code::kInvalidArgument, "{}",
+                 h->key.file == kRebaseFileName
+                     ? "nothing was written: write a backing path, or an empty line to flatten"
+                     : "nothing was written: an empty value is refused (use VOL/rebase to drop "
+                       "a backing file)"),
            "");
   }
 }
@@ -692,6 +788,8 @@ Status RenameVolume(FsState& fs, const Caller& caller, const NodeKey& parent,
   if (!to_pool.ok()) return log(to_pool.status(), "");
   Result<core::VolumeEntry> v = FindVolume(fs, parent.pool, name);
   if (!v.ok()) return log(v.status(), "");
+  Status quiet = CheckNoRebase(fs, v->path);
+  if (!quiet.ok()) return log(quiet, "");
   Status named = CheckNewName(new_name);
   if (!named.ok()) return log(named, "");
   const std::string new_path = JoinPath(to_pool->target_path, new_name);
@@ -729,6 +827,8 @@ Status RemoveVolume(FsState& fs, const Caller& /*caller*/, const NodeKey& parent
   std::lock_guard<std::mutex> change(fs.writes.change_mu());
   Result<core::VolumeEntry> v = FindVolume(fs, parent.pool, name);
   if (!v.ok()) return log(v.status(), "");
+  Status quiet = CheckNoRebase(fs, v->path);
+  if (!quiet.ok()) return log(quiet, "");
   Status s = core::RemoveImage(fs.inspector, v->path, AllVolumePaths(fs));
   if (s.ok()) AfterChange(fs, {v->path}, true);
   return log(s, fmt::format("deleted the image '{}'", v->path));

@@ -12,7 +12,8 @@
 // are refreshed by the watcher thread from the inotify events of the pool
 // directories, never from a request handler.
 //
-// Writable virtual files: VOL/backing, VOL/backing_format and the write-only
+// Writable virtual files: VOL/backing, VOL/backing_format, VOL/rebase (whose
+// value starts a background job, fs/rebase_jobs.h) and the write-only
 // POOL/.create. Their bytes are collected per open handle. A value is
 // applied as soon as it is complete (a line ending in "\n" for backing and
 // backing_format; a well-formed XML document for .create), so the write(2)
@@ -54,7 +55,7 @@ NodeKey CreateFileKey(const std::string& pool);
 // Returns true for POOL/.create.
 bool IsCreateFileKey(const NodeKey& key);
 // Returns true for the files that accept writes: VOL/backing,
-// VOL/backing_format, POOL/.create.
+// VOL/backing_format, VOL/rebase, POOL/.create.
 bool IsWritableFile(const NodeKey& key);
 // Returns true for the placeholder a symlink request is answered with: the
 // kernel insists that the entry replied to symlink(2) be a symlink, while the
@@ -107,8 +108,8 @@ class WriteState {
 // Returns the attributes of `key` as the mount shows them: the read side's
 // (Tree::GetAttr) plus the write bits of the writable nodes (pool
 // directories follow their folder, backing/backing_format their image),
-// and those of POOL/.create and the symlink placeholder. No write bit on a
-// read-only mount.
+// and those of POOL/.create and the symlink placeholder. A read-only mount
+// shows the same bits: its refusals (EROFS) come from the daemon, logged.
 core::Result<NodeAttr> AttrWithWrites(FsState& fs, const NodeKey& key);
 
 // Returns the key of `name` in `parent` when it is a node of the write side
@@ -150,8 +151,9 @@ core::Status RefuseChange(FsState& fs, const char* op, const std::string& path,
                           const std::string& reason);
 
 // Applies a complete value to a writable file: a retarget for backing, a
-// backing format for backing_format, a volume creation for .create. The
-// trailing newline of a backing value is stripped. Logged.
+// backing format for backing_format, the start of a background rebase for
+// rebase, a volume creation for .create. The trailing newline of a backing
+// or rebase value is stripped. Logged.
 core::Status ApplyValue(FsState& fs, const Caller& caller, const NodeKey& key,
                         std::string_view value);
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <future>
 
 namespace chainfs::core {
 namespace {
@@ -69,6 +70,17 @@ Result<std::unique_ptr<ChainReader>> ChainReader::FromImages(
 
 uint64_t ChainReader::Size() const { return images_.front()->Size(); }
 
+L2CacheStats ChainReader::CacheStats() const {
+  L2CacheStats sum;
+  for (const auto& i : images_) {
+    L2CacheStats s = i->CacheStats();
+    sum.hits += s.hits;
+    sum.misses += s.misses;
+    sum.evictions += s.evictions;
+  }
+  return sum;
+}
+
 Status ChainReader::ReadFrom(size_t depth, uint64_t offset, std::span<uint8_t> out) const {
   const ImageReader& img = *images_[depth];
   const uint64_t size = img.Size();
@@ -117,15 +129,32 @@ Status ChainReader::ReadStream(uint64_t offset, uint64_t length, const Sink& sin
   const uint64_t size = Size();
   if (offset >= size) return Status::Ok();
   const uint64_t end = offset + std::min(length, size - offset);
-  chunk_bytes = std::max<size_t>(chunk_bytes, 4096);
-  std::vector<uint8_t> buf(size_t(std::min<uint64_t>(chunk_bytes, end - offset)));
-  for (uint64_t pos = offset; pos < end;) {
-    const size_t n = size_t(std::min<uint64_t>(buf.size(), end - pos));
-    Result<size_t> got = Read(pos, std::span<uint8_t>(buf.data(), n));
+  chunk_bytes = size_t(std::min<uint64_t>(std::max<size_t>(chunk_bytes, 4096), end - offset));
+  // Two buffers: the next chunk is read on a helper thread while the sink
+  // consumes the current one, so reading and writing overlap (as qemu-img
+  // convert overlaps its requests).
+  std::vector<uint8_t> bufs[2] = {
+      std::vector<uint8_t>(chunk_bytes),
+      std::vector<uint8_t>(end - offset > chunk_bytes ? chunk_bytes : 0)};
+  auto read_chunk = [this, end](uint64_t pos, std::vector<uint8_t>* buf) -> Result<size_t> {
+    const size_t n = size_t(std::min<uint64_t>(buf->size(), end - pos));
+    return Read(pos, std::span<uint8_t>(buf->data(), n));
+  };
+  int cur = 0;
+  uint64_t pos = offset;
+  std::future<Result<size_t>> pending =
+      std::async(std::launch::deferred, read_chunk, pos, &bufs[cur]);
+  while (pos < end) {
+    Result<size_t> got = pending.get();
     if (!got.ok()) return got.status();
     if (*got == 0) break;
-    CHAINFS_RETURN_IF_ERROR(sink(pos, std::span<const uint8_t>(buf.data(), *got)));
-    pos += *got;
+    const uint64_t next = pos + *got;
+    if (next < end) pending = std::async(std::launch::async, read_chunk, next, &bufs[1 - cur]);
+    // On a sink error, `pending` finishes before its buffer goes away: the
+    // future of std::async waits in its destructor.
+    CHAINFS_RETURN_IF_ERROR(sink(pos, std::span<const uint8_t>(bufs[cur].data(), *got)));
+    pos = next;
+    cur = 1 - cur;
   }
   return Status::Ok();
 }
@@ -200,8 +229,9 @@ std::string MapToJson(const std::vector<MapExtent>& extents) {
   std::string out = "[";
   for (size_t i = 0; i < extents.size(); ++i) {
     const MapExtent& e = extents[i];
-    out += fmt::format(R"({{ "start": {}, "length": {}, "depth": {}, "present": {}, "zero": {}, "data": {})",
-                       e.start, e.length, e.depth, e.present, e.zero, e.data);
+    out += fmt::format(
+        R"({{ "start": {}, "length": {}, "depth": {}, "present": {}, "zero": {}, "data": {})",
+        e.start, e.length, e.depth, e.present, e.zero, e.data);
     if (e.offset) out += fmt::format(R"(, "offset": {})", *e.offset);
     out += "}";
     if (i + 1 < extents.size()) out += ",\n";

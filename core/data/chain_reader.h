@@ -73,6 +73,9 @@ class ChainReader : public Reader {
   uint64_t Size() const override;
   // Returns the number of chain elements.
   size_t depth() const { return images_.size(); }
+  // Returns the L2 cache counters summed over every element (for
+  // .chainfs/stats).
+  L2CacheStats CacheStats() const;
 
   // Reads up to out.size() guest bytes at `offset`; returns how many were
   // read (fewer only at the end of the disk, 0 at or past it). kCorrupt for a
@@ -86,10 +89,11 @@ class ChainReader : public Reader {
   // Receives consecutive chunks of guest bytes; a non-ok return stops.
   using Sink = std::function<Status(uint64_t offset, std::span<const uint8_t> bytes)>;
   // Reads [offset, offset + length) (clamped to Size()) in chunks of
-  // `chunk_bytes` and hands each to `sink` in order: `chainctl cat` is
+  // `chunk_bytes` and hands each to `sink` in order, on the calling thread,
+  // while the next chunk is read on a helper thread: `chainctl cat` is
   // ReadStream(0, UINT64_MAX, write-to-stdout). Returns the first error.
   Status ReadStream(uint64_t offset, uint64_t length, const Sink& sink,
-                    size_t chunk_bytes = 4u << 20) const;
+                    size_t chunk_bytes = 1u << 20) const;
 
   // Lists the allocation of [offset, offset + length) (clamped to Size())
   // as `qemu-img map --output=json` does: per range the depth that provides

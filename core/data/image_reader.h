@@ -53,15 +53,16 @@ class ImageReader {
   // (> 0) bytes long. `want_zero` asks for the precise answer `qemu-img map`
   // gives (raw: SEEK_HOLE); without it an answer good enough for reading.
   // kCorrupt when a table entry makes no sense.
-  virtual Result<BlockStatus> GetStatus(uint64_t offset, uint64_t length,
-                                        bool want_zero) const = 0;
+  virtual Result<BlockStatus> GetStatus(uint64_t offset, uint64_t length, bool want_zero) const = 0;
   // Reads `out.size()` guest bytes at `offset`, which must lie within `st`,
   // a kData status returned by GetStatus.
-  virtual Status ReadData(uint64_t offset, const BlockStatus& st,
-                          std::span<uint8_t> out) const = 0;
+  virtual Status ReadData(uint64_t offset, const BlockStatus& st, std::span<uint8_t> out) const = 0;
   // Returns the path of the file host offsets refer to (the data file when
   // `in_data_file`).
   virtual const std::string& HostPath(bool in_data_file) const = 0;
+  // Returns the counters of the image's L2 cache (zeros for formats
+  // without one).
+  virtual L2CacheStats CacheStats() const { return {}; }
 };
 
 // Opens the reader for one resolved chain element: qcow2 (v2, v3) or raw.

@@ -84,8 +84,6 @@ size_t L2Cache::size() const {
   return n;
 }
 
-L2CacheStats L2Cache::stats() const {
-  return {hits_.load(), misses_.load(), evictions_.load()};
-}
+L2CacheStats L2Cache::stats() const { return {hits_.load(), misses_.load(), evictions_.load()}; }
 
 }  // namespace chainfs::core

@@ -71,6 +71,7 @@ class L2Cache {
   size_t size() const;
   // Returns the maximum number of blocks held.
   size_t capacity() const { return capacity_; }
+  // Returns the hit, miss and eviction counters since construction.
   L2CacheStats stats() const;
 
  private:

@@ -28,8 +28,7 @@ std::string DirName(const std::string& path) {
 }  // namespace
 
 Qcow2Reader::Qcow2Reader(std::unique_ptr<Reader> image, std::string path, Qcow2Header header,
-                         std::vector<uint64_t> l1, L2CacheGeometry geometry,
-                         size_t dcache_entries)
+                         std::vector<uint64_t> l1, L2CacheGeometry geometry, size_t dcache_entries)
     : image_(std::move(image)),
       path_(std::move(path)),
       header_(std::move(header)),
@@ -171,8 +170,9 @@ Result<Qcow2Reader::Unit> Qcow2Reader::Classify(uint64_t pos, SliceHint& hint) c
                  path_, l2_offset, l1_index);
   }
   if (!RangeWithin(l2_offset, cluster_size_, image_->Size())) {
-    return Error(Code::kCorrupt, "'{}': L2 table at {:#x} (L1 entry {}) lies past the end of the file",
-                 path_, l2_offset, l1_index);
+    return Error(Code::kCorrupt,
+                 "'{}': L2 table at {:#x} (L1 entry {}) lies past the end of the file", path_,
+                 l2_offset, l1_index);
   }
   const uint64_t l2_index = cluster_index & ((uint64_t{1} << l2_bits_) - 1);
   const uint64_t slice_entries = geometry_.entry_bytes / l2_entry_bytes_;
@@ -211,13 +211,15 @@ Result<Qcow2Reader::Unit> Qcow2Reader::Classify(uint64_t pos, SliceHint& hint) c
     auto kind_of = [&](uint32_t i) {
       const bool zero = (bitmap >> (32 + i)) & 1;
       const bool alloc = (bitmap >> i) & 1;
-      if (has_cluster) return zero ? Kind::kZeroAlloc : (alloc ? Kind::kNormal : Kind::kUnallocAlloc);
+      if (has_cluster)
+        return zero ? Kind::kZeroAlloc : (alloc ? Kind::kNormal : Kind::kUnallocAlloc);
       return zero ? Kind::kZeroPlain : Kind::kUnallocPlain;
     };
     if (has_cluster && ((bitmap >> 32) & bitmap & kSubclusterBitsMask) != 0) {
-      return Error(Code::kCorrupt,
-                   "'{}': L2 entry for guest offset {:#x} marks subclusters both allocated and zero",
-                   path_, cluster_start);
+      return Error(
+          Code::kCorrupt,
+          "'{}': L2 entry for guest offset {:#x} marks subclusters both allocated and zero", path_,
+          cluster_start);
     }
     if (!has_cluster && (bitmap & kSubclusterBitsMask) != 0) {
       return Error(Code::kCorrupt,
@@ -255,8 +257,8 @@ Result<BlockStatus> Qcow2Reader::GetStatus(uint64_t offset, uint64_t length, boo
   Result<Unit> first = Classify(offset, hint);
   if (!first.ok()) return first.status();
   const Kind kind = first->kind;
-  const bool has_host = kind == Kind::kNormal || kind == Kind::kZeroAlloc ||
-                        kind == Kind::kUnallocAlloc;
+  const bool has_host =
+      kind == Kind::kNormal || kind == Kind::kZeroAlloc || kind == Kind::kUnallocAlloc;
   switch (kind) {
     case Kind::kNormal:
     case Kind::kCompressed:
@@ -315,7 +317,8 @@ Result<L2Cache::Block> Qcow2Reader::LoadCluster(uint64_t coffset, uint64_t csize
     return Status(s.code(), fmt::format("'{}': compressed cluster at {:#x}: {}", path_, coffset,
                                         s.message()));
   }
-  return cluster_cache_.Insert(coffset, std::make_shared<const std::vector<uint8_t>>(std::move(out)));
+  return cluster_cache_.Insert(coffset,
+                               std::make_shared<const std::vector<uint8_t>>(std::move(out)));
 }
 
 Status Qcow2Reader::ReadData(uint64_t offset, const BlockStatus& st, std::span<uint8_t> out) const {

@@ -59,8 +59,7 @@ class Qcow2Reader : public ImageReader {
   const Qcow2Header& header() const { return header_; }
   // Returns the L2 cache geometry chosen for this image.
   const L2CacheGeometry& l2_geometry() const { return geometry_; }
-  // Returns the L2 cache's counters.
-  L2CacheStats l2_stats() const { return l2_cache_.stats(); }
+  L2CacheStats CacheStats() const override { return l2_cache_.stats(); }
 
  private:
   // What one (sub)cluster is, as qemu classifies it.
@@ -69,9 +68,9 @@ class Qcow2Reader : public ImageReader {
   // unallocated L2 range).
   struct Unit {
     Kind kind = Kind::kUnallocPlain;
-    uint64_t end = 0;         // guest offset just past the unit
-    uint64_t host = 0;        // host offset of the queried position (kinds with a host cluster)
-    uint64_t coffset = 0;     // compressed clusters: descriptor
+    uint64_t end = 0;      // guest offset just past the unit
+    uint64_t host = 0;     // host offset of the queried position (kinds with a host cluster)
+    uint64_t coffset = 0;  // compressed clusters: descriptor
     uint64_t csize = 0;
   };
   // The slice of an L2 table used last, kept across Classify calls.

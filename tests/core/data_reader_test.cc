@@ -326,11 +326,14 @@ TEST(ChainReader, StreamsInOrderAndStopsOnSinkError) {
   ImageBuilder b(Small());
   auto chain = b.Chain();
   uint64_t expect = 0;
-  Status s = chain->ReadStream(0, UINT64_MAX, [&](uint64_t off, std::span<const uint8_t> bytes) {
-    EXPECT_EQ(off, expect);
-    expect += bytes.size();
-    return Status::Ok();
-  }, 300000);
+  Status s = chain->ReadStream(
+      0, UINT64_MAX,
+      [&](uint64_t off, std::span<const uint8_t> bytes) {
+        EXPECT_EQ(off, expect);
+        expect += bytes.size();
+        return Status::Ok();
+      },
+      300000);
   EXPECT_TRUE(s.ok());
   EXPECT_EQ(expect, 1u << 20);
   int calls = 0;

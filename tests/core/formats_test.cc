@@ -118,15 +118,11 @@ void Torture(const std::string& format, const std::vector<uint8_t>& image, uint6
 
 // --- qemu-img helpers ------------------------------------------------------
 
-// Runs qemu-img; LUKS creation benchmarks the PBKDF and now and then fails
-// to measure CPU time, so failures are retried a few times.
+// Runs qemu-img (retrying LUKS creation's spurious CPU-benchmark failure).
 bool QemuImg(std::vector<std::string> args) {
   args.insert(args.begin(), "qemu-img");
-  RunResult r;
-  for (int attempt = 0; attempt < 5; ++attempt) {
-    r = Run(args);
-    if (r.exit_code == 0) return true;
-  }
+  RunResult r = testutil::RunRetryingQemuCpuBenchmark(args);
+  if (r.exit_code == 0) return true;
   ADD_FAILURE() << "qemu-img failed: " << r.err;
   return false;
 }

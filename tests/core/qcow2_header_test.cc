@@ -678,13 +678,7 @@ TEST_P(Qcow2QemuImage, MatchesQemuImgInfo) {
   }
   argv.push_back(path);
   argv.push_back("100M");
-  // LUKS creation benchmarks PBKDF2 by thread CPU time and sometimes fails
-  // spuriously ("Unable to get accurate CPU usage") on a busy machine: retry.
-  RunResult r;
-  for (int attempt = 0; attempt < 8; ++attempt) {
-    r = testutil::Run(argv);
-    if (r.exit_code == 0 || r.err.find("accurate CPU usage") == std::string::npos) break;
-  }
+  RunResult r = testutil::RunRetryingQemuCpuBenchmark(argv);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   ExpectMatchesQemu(path);
   Result<ImageMeta> m = ParseFile(path);

@@ -156,15 +156,9 @@ TEST_F(InfoJsonInterop, ZstdCompressionType) {
 }
 
 TEST_F(InfoJsonInterop, LuksEncryptedQcow2) {
-  // qemu-img's LUKS key-derivation benchmark sometimes fails on a busy
-  // machine ("Unable to get accurate CPU usage"): retry, it is not our code.
-  RunResult r;
-  for (int attempt = 0; attempt < 8; ++attempt) {
-    r = testutil::Run({"qemu-img", "create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=pw", "-o",
-             "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", P("enc.qcow2"),
-             "1M"});
-    if (r.exit_code == 0) break;
-  }
+  RunResult r = testutil::RunRetryingQemuCpuBenchmark(
+      {"qemu-img", "create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=pw", "-o",
+       "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", P("enc.qcow2"), "1M"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   ExpectAgreesWithQemuImg(P("enc.qcow2"));
 }

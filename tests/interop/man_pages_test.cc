@@ -18,7 +18,7 @@ TEST_P(ManPage, RendersWithoutGroffWarnings) {
 TEST_P(ManPage, ManReadsItAndShowsEverySection) {
   std::string page = std::string(CHAINFS_SOURCE_DIR) + "/man/" + GetParam();
   testutil::RunResult r =
-      testutil::Run({"env", "MANWIDTH=80", "MAN_KEEP_FORMATTING=0", "man", "-l", "-P", "cat", page});
+      testutil::Run({"env", "MANWIDTH=80", "man", "-l", "-P", "cat", page});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.err, "");
   for (const char* section : {"NAME", "SYNOPSIS", "DESCRIPTION", "SEE ALSO"}) {

@@ -714,9 +714,62 @@ TEST_F(MountWriteTest, ReadOnlyMountRefusesEveryChangeWithErofs) {
   EXPECT_EQ(WriteValue(M("p/top.qcow2/backing"), "base.raw\n"), EROFS);
   EXPECT_EQ(WriteValue(M("p/top.qcow2/backing_format"), "raw\n"), EROFS);
   EXPECT_EQ(WriteValue(M("p/.create"), "<volume/>"), EROFS);
+  EXPECT_EQ(WriteValue(M("p/top.qcow2/rebase"), "base.raw\n"), EROFS);
   testutil::RunResult r = Shell("echo base.raw > " + M("p/top.qcow2/backing"));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("Read-only"), std::string::npos) << r.err;
+  EXPECT_EQ(Checksums(pool_), before);
+}
+
+// ro is the daemon's, not the kernel's: every change reaches chainfs, which
+// refuses it with EROFS and logs a one-line reason (issue 4).
+TEST_F(MountWriteTest, ReadOnlyMountLogsEveryRefusal) {
+  MakeDataChain();
+  ASSERT_TRUE(MountBoth({"-o", "ro"}));
+  auto before = Checksums(pool_);
+  const std::string ro = "mounted read-only";
+  EXPECT_EQ(::symlink("base.raw", M("p/new").c_str()), -1);
+  EXPECT_EQ(errno, EROFS);
+  ExpectLogged("symlink", "/p/new", "EROFS", ro);
+  EXPECT_EQ(::rename(M("p/top.qcow2").c_str(), M("p/t2").c_str()), -1);
+  EXPECT_EQ(errno, EROFS);
+  ExpectLogged("rename", "/p/top.qcow2", "EROFS", ro);
+  EXPECT_EQ(::rmdir(M("p/mid.qcow2").c_str()), -1);
+  EXPECT_EQ(errno, EROFS);
+  ExpectLogged("rmdir", "/p/mid.qcow2", "EROFS", ro);
+  EXPECT_EQ(::mkdir(M("p/d").c_str(), 0755), -1);
+  EXPECT_EQ(errno, EROFS);
+  ExpectLogged("mkdir", "/p/d", "EROFS", ro);
+  EXPECT_EQ(::unlink(M("p/.pool.xml").c_str()), -1);
+  EXPECT_EQ(errno, EROFS);
+  ExpectLogged("unlink", "/p/.pool.xml", "EROFS", ro);
+  int fd = ::open(M("p/newfile").c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+  int saved = errno;
+  if (fd >= 0) ::close(fd);
+  EXPECT_EQ(fd, -1);
+  EXPECT_EQ(saved, EROFS);
+  ExpectLogged("create", "/p/newfile", "EROFS", ro);
+  fd = ::open(M("p/top.qcow2/capacity").c_str(), O_WRONLY | O_CLOEXEC);
+  saved = errno;
+  if (fd >= 0) ::close(fd);
+  EXPECT_EQ(fd, -1);
+  EXPECT_EQ(saved, EROFS);
+  ExpectLogged("open", "/p/top.qcow2/capacity", "EROFS", ro);
+  EXPECT_EQ(WriteValue(M("p/top.qcow2/backing"), "base.raw\n"), EROFS);
+  ExpectLogged("open", "/p/top.qcow2/backing", "EROFS", ro);
+  EXPECT_EQ(WriteValue(M("p/top.qcow2/rebase"), "\n"), EROFS);
+  ExpectLogged("open", "/p/top.qcow2/rebase", "EROFS", ro);
+  EXPECT_EQ(WriteValue(M("p/.create"), "<volume/>"), EROFS);
+  ExpectLogged("open", "/p/.create", "EROFS", ro);
+  EXPECT_EQ(::truncate(M("p/top.qcow2/capacity").c_str(), 0), -1);
+  EXPECT_EQ(errno, EROFS);
+  ExpectLogged("setattr", "/p/top.qcow2/capacity", "EROFS", ro);
+  EXPECT_EQ(::truncate(M("p/top.qcow2/backing").c_str(), 0), -1);
+  EXPECT_EQ(errno, EROFS);
+  ExpectLogged("setattr", "/p/top.qcow2/backing", "EROFS", ro);
+  EXPECT_EQ(::chmod(M("p/top.qcow2/info").c_str(), 0600), -1);
+  EXPECT_EQ(errno, EROFS);
+  ExpectLogged("setattr", "/p/top.qcow2/info", "EROFS", ro);
   EXPECT_EQ(Checksums(pool_), before);
 }
 

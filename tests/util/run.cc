@@ -157,6 +157,15 @@ RunResult RunWithInput(const std::vector<std::string>& argv, const std::string& 
   return RunImpl(argv, &input);
 }
 
+RunResult RunRetryingQemuCpuBenchmark(const std::vector<std::string>& argv) {
+  RunResult r;
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    r = Run(argv);
+    if (r.exit_code == 0 || r.err.find("accurate CPU usage") == std::string::npos) break;
+  }
+  return r;
+}
+
 std::string MakeTempDir() {
   const char* base = std::getenv("TMPDIR");
   std::string tmpl =

@@ -1,0 +1,476 @@
+// VOL/rebase (DESIGN section 2): `echo PATH > VOL/rebase` starts a
+// data-preserving rebase in the background, `echo "" > VOL/rebase` flattens,
+// `cat VOL/rebase` shows progress and then the last result. Every result is
+// checked with qemu-img check / info / compare against a raw export taken
+// before; every refusal for its errno, its log line and an unchanged pool.
+#include <dirent.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/util/json.h"
+#include "core/write/in_use.h"
+#include "fs/rebase_jobs.h"
+#include "mount/mount_fixture.h"
+
+namespace chainfs::mounttest {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Content fingerprints of every file in a folder (name -> size:FNV-1a:mode).
+std::map<std::string, std::string> Checksums(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return out;
+  while (struct dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    std::string path = dir + "/" + name;
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0) continue;
+    uint64_t h = 1469598103934665603ull;
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      std::vector<char> buf(1 << 16);
+      ssize_t n;
+      while ((n = ::read(fd, buf.data(), buf.size())) > 0) {
+        for (ssize_t i = 0; i < n; ++i) h = (h ^ uint8_t(buf[i])) * 1099511628211ull;
+      }
+      ::close(fd);
+    }
+    out[name] =
+        std::to_string(st.st_size) + ":" + std::to_string(h) + ":" + std::to_string(st.st_mode);
+  }
+  ::closedir(d);
+  return out;
+}
+
+// Writes `value` as `echo` does (open O_WRONLY|O_TRUNC, one write, close);
+// returns the errno of the first failing call, 0 on success.
+int WriteValue(const std::string& path, const std::string& value) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
+  if (fd < 0) return errno;
+  int err = 0;
+  if (::write(fd, value.data(), value.size()) < 0) err = errno;
+  if (::close(fd) != 0 && err == 0) err = errno;
+  return err;
+}
+
+core::Json QemuInfo(const std::string& path) {
+  testutil::RunResult r = testutil::Run({"qemu-img", "info", "-U", "--output=json", path});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  core::Result<core::Json> j = core::Json::Parse(r.out);
+  EXPECT_TRUE(j.ok()) << r.out;
+  return j.ok() ? *j : core::Json();
+}
+
+std::string InfoString(const core::Json& info, const char* key) {
+  const core::Json* v = info.is_object() ? info.Find(key) : nullptr;
+  return v && v->is_string() ? v->as_string() : std::string("<none>");
+}
+
+void ExpectQemuCheckClean(const std::string& path) {
+  testutil::RunResult r = testutil::Run({"qemu-img", "check", "-U", path});
+  EXPECT_EQ(r.exit_code, 0) << path << ": " << r.out << r.err;
+}
+
+void ExpectSameGuestContent(const std::string& a, const std::string& b) {
+  testutil::RunResult r = testutil::Run({"qemu-img", "compare", "-U", a, b});
+  EXPECT_EQ(r.exit_code, 0) << a << " vs " << b << ": " << r.out << r.err;
+}
+
+void QemuIoWrite(const std::string& path, const std::string& fmt, const std::string& pattern,
+                 const std::string& off, const std::string& len) {
+  MustRun({"qemu-io", "-f", fmt, "-c", "write -P " + pattern + " " + off + " " + len, path});
+}
+
+// A real `qemu-io` holding an image open (and so its image locks), reading
+// commands from a pipe that stays open; killed by PID when the test ends.
+class QemuIoHolder {
+ public:
+  QemuIoHolder(const std::string& image, const std::string& format) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) return;
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(fds[0], STDIN_FILENO);
+      int devnull = ::open("/dev/null", O_WRONLY);
+      if (devnull >= 0) {
+        ::dup2(devnull, STDOUT_FILENO);
+        ::dup2(devnull, STDERR_FILENO);
+      }
+      ::execlp("qemu-io", "qemu-io", "-f", format.c_str(), image.c_str(),
+               static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    ::close(fds[0]);
+    pipe_ = fds[1];
+    auto deadline = Clock::now() + std::chrono::seconds(10);
+    while (pid_ > 0 && Clock::now() < deadline) {
+      core::Result<bool> busy = core::ImageInUse(image);
+      if (busy.ok() && *busy) {
+        holding_ = true;
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  ~QemuIoHolder() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      int status = 0;
+      ::waitpid(pid_, &status, 0);
+    }
+    if (pipe_ >= 0) ::close(pipe_);
+  }
+  QemuIoHolder(const QemuIoHolder&) = delete;
+  QemuIoHolder& operator=(const QemuIoHolder&) = delete;
+  bool holding() const { return holding_; }
+
+ private:
+  pid_t pid_ = -1;
+  int pipe_ = -1;
+  bool holding_ = false;
+};
+
+class MountRebaseTest : public MountTest {
+ protected:
+  void SetUp() override {
+    MountTest::SetUp();
+    ref_ = tmp_.Sub("ref");
+    ASSERT_EQ(::mkdir(ref_.c_str(), 0755), 0);
+  }
+  // Flattens the guest view of `image` into a raw file outside the pool.
+  std::string Snapshot(const std::string& image, const std::string& name) {
+    std::string out = ref_ + "/" + name;
+    MustRun({"qemu-img", "convert", "-U", "-O", "raw", image, out});
+    return out;
+  }
+  std::string Log() { return ReadFile(M(".chainfs/log")); }
+  // Expects a log line with `op`, `path`, `result` and `reason_part`.
+  void ExpectLogged(const std::string& op, const std::string& path, const std::string& result,
+                    const std::string& reason_part) {
+    std::string log = Log();
+    std::string needle = " " + op + " " + path + " " + result + " ";
+    size_t at = log.rfind(needle);
+    ASSERT_NE(at, std::string::npos) << "no '" << needle << "' in log:\n" << log;
+    std::string line = log.substr(at, log.find('\n', at) - at);
+    EXPECT_NE(line.find(reason_part), std::string::npos) << line;
+  }
+  // base.qcow2 (0x11 at 0..1M, 0x12 at 3M..4M) <- top.qcow2 (0x33 at
+  // 1M..1M+64k); base2.qcow2 (0x44 at 512k..2M) has other data; all 8 MiB.
+  void MakeSmallChain() {
+    QemuImgCreate({"-f", "qcow2", P("base.qcow2"), "8M"});
+    QemuIoWrite(P("base.qcow2"), "qcow2", "0x11", "0", "1M");
+    QemuIoWrite(P("base.qcow2"), "qcow2", "0x12", "3M", "1M");
+    QemuImgCreate({"-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", P("top.qcow2")});
+    QemuIoWrite(P("top.qcow2"), "qcow2", "0x33", "1M", "64k");
+    QemuImgCreate({"-f", "qcow2", P("base2.qcow2"), "8M"});
+    QemuIoWrite(P("base2.qcow2"), "qcow2", "0x44", "512k", "1536k");
+  }
+  // The same shape at 256 MiB with 200 MiB of data in the old base, so that
+  // a rebase onto the empty base2.qcow2 copies for a while.
+  void MakeBigChain() {
+    QemuImgCreate({"-f", "qcow2", P("base.qcow2"), "256M"});
+    QemuIoWrite(P("base.qcow2"), "qcow2", "0x5a", "0", "200M");
+    QemuImgCreate({"-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", P("top.qcow2")});
+    QemuIoWrite(P("top.qcow2"), "qcow2", "0x33", "1M", "64k");
+    QemuImgCreate({"-f", "qcow2", P("base2.qcow2"), "256M"});
+  }
+  // Polls VOL/rebase until it shows a result; returns it ("" on timeout,
+  // with a test failure).
+  std::string WaitResult(const std::string& vol, double seconds = 180) {
+    auto deadline = Clock::now() + std::chrono::duration<double>(seconds);
+    std::string text;
+    while (Clock::now() < deadline) {
+      text = ReadFile(M("p/" + vol + "/rebase"));
+      if (text.rfind("done: ", 0) == 0 || text.rfind("failed: ", 0) == 0) return text;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ADD_FAILURE() << "no result in " << seconds << " s; last: '" << text << "'";
+    return "";
+  }
+  // Expects stat's size of VOL/rebase to equal its content's length (a job
+  // may change the text between the two calls: a few tries).
+  void ExpectStatSizeMatchesContent(const std::string& vol) {
+    std::string path = M("p/" + vol + "/rebase");
+    for (int i = 0; i < 20; ++i) {
+      struct stat st {};
+      ASSERT_EQ(::stat(path.c_str(), &st), 0);
+      std::string text = ReadFile(path);
+      if (uint64_t(st.st_size) == text.size()) return;
+    }
+    ADD_FAILURE() << "stat size of " << path << " never matched its content";
+  }
+
+  std::string ref_;
+};
+
+TEST_F(MountRebaseTest, RebaseFileIsEmptyAndWritableByTheOwnerBeforeAnyRebase) {
+  MakeSmallChain();
+  ASSERT_TRUE(MountPool());
+  EXPECT_EQ(ReadFile(M("p/top.qcow2/rebase")), "");
+  struct stat st {};
+  ASSERT_EQ(::stat(M("p/top.qcow2/rebase").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  EXPECT_NE(st.st_mode & S_IWUSR, 0u) << "the image's owner may write VOL/rebase";
+  EXPECT_NE(st.st_mode & S_IRUSR, 0u);
+}
+
+TEST_F(MountRebaseTest, EchoPathRebasesOntoAnotherBaseKeepingGuestContent) {
+  MakeSmallChain();
+  std::string before = Snapshot(P("top.qcow2"), "top.raw");
+  ASSERT_TRUE(MountPool());
+  testutil::RunResult r =
+      testutil::Run({"bash", "-c", "echo base2.qcow2 > " + M("p/top.qcow2/rebase")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string result = WaitResult("top.qcow2");
+  EXPECT_TRUE(std::regex_match(
+      result, std::regex("done: rebased onto 'base2\\.qcow2' in [0-9]+\\.[0-9] s\n")))
+      << result;
+  ExpectStatSizeMatchesContent("top.qcow2");
+  ExpectQemuCheckClean(P("top.qcow2"));
+  core::Json info = QemuInfo(P("top.qcow2"));
+  EXPECT_EQ(InfoString(info, "backing-filename"), "base2.qcow2");
+  EXPECT_EQ(InfoString(info, "backing-filename-format"), "qcow2");
+  ExpectSameGuestContent(P("top.qcow2"), before);
+  EXPECT_EQ(ReadFile(M("p/top.qcow2/backing")), "base2.qcow2\n");
+  ExpectLogged("write", "/p/top.qcow2/rebase", "ok", "rebase onto 'base2.qcow2' started");
+  ExpectLogged("rebase", "/p/top.qcow2", "ok", "rebase onto 'base2.qcow2' finished");
+}
+
+TEST_F(MountRebaseTest, EchoEmptyLineFlattensOntoNothing) {
+  MakeSmallChain();
+  std::string before = Snapshot(P("top.qcow2"), "top.raw");
+  ASSERT_TRUE(MountPool());
+  testutil::RunResult r = testutil::Run({"bash", "-c", "echo '' > " + M("p/top.qcow2/rebase")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string result = WaitResult("top.qcow2");
+  EXPECT_TRUE(std::regex_match(result, std::regex("done: flattened in [0-9]+\\.[0-9] s\n")))
+      << result;
+  ExpectQemuCheckClean(P("top.qcow2"));
+  core::Json info = QemuInfo(P("top.qcow2"));
+  EXPECT_EQ(InfoString(info, "backing-filename"), "<none>");
+  ExpectSameGuestContent(P("top.qcow2"), before);
+  EXPECT_EQ(ReadFile(M("p/top.qcow2/backing")), "");
+  EXPECT_EQ(MustRun({"ls", M("p/top.qcow2/chain")}).out, "0\n");
+  ExpectLogged("rebase", "/p/top.qcow2", "ok", "flatten finished");
+}
+
+TEST_F(MountRebaseTest, ProgressIsShownWhileRunningAndSecondStartIsBusy) {
+  MakeBigChain();
+  std::string before = Snapshot(P("top.qcow2"), "top.raw");
+  ASSERT_TRUE(MountPool());
+  auto started = Clock::now();
+  ASSERT_EQ(WriteValue(M("p/top.qcow2/rebase"), "base2.qcow2\n"), 0);
+  double start_seconds = std::chrono::duration<double>(Clock::now() - started).count();
+  // Refused right away while the job runs (200 MiB to copy): another start,
+  // a metadata retarget, a rename of the image or of its new backing.
+  int again = WriteValue(M("p/top.qcow2/rebase"), "base2.qcow2\n");
+  std::string after_again = ReadFile(M("p/top.qcow2/rebase"));
+  if (after_again.rfind("running: ", 0) == 0) {
+    EXPECT_EQ(again, EBUSY);
+    ExpectLogged("write", "/p/top.qcow2/rebase", "EBUSY", "already running");
+    EXPECT_EQ(WriteValue(M("p/top.qcow2/backing"), "base2.qcow2\n"), EBUSY);
+    EXPECT_EQ(::rename(M("p/base2.qcow2").c_str(), M("p/base3.qcow2").c_str()), -1);
+    EXPECT_EQ(errno, EBUSY);
+  } else {
+    ADD_FAILURE() << "the job ended before a second start could be tried: " << after_again;
+  }
+  // Samples of the progress line: well-formed, monotonic.
+  std::regex running("running: onto 'base2\\.qcow2' ([0-9]+)% \\(([0-9]+)/([0-9]+) bytes\\)\n");
+  int samples = 0;
+  uint64_t last_done = 0;
+  std::string text;
+  auto deadline = Clock::now() + std::chrono::seconds(180);
+  while (Clock::now() < deadline) {
+    text = ReadFile(M("p/top.qcow2/rebase"));
+    if (text.rfind("running: ", 0) != 0) break;
+    std::smatch m;
+    ASSERT_TRUE(std::regex_match(text, m, running)) << text;
+    uint64_t percent = std::stoull(m[1]), done = std::stoull(m[2]), total = std::stoull(m[3]);
+    EXPECT_LE(percent, 100u);
+    EXPECT_LE(done, total);
+    EXPECT_GE(done, last_done) << "progress went backwards";
+    if (total > 0) {
+      EXPECT_EQ(percent, done * 100 / total);
+    }
+    last_done = done;
+    ++samples;
+    if (samples == 1) ExpectStatSizeMatchesContent("top.qcow2");
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::string result = WaitResult("top.qcow2");
+  EXPECT_EQ(result.rfind("done: rebased onto 'base2.qcow2' in ", 0), 0u) << result;
+  EXPECT_GT(samples + (after_again.rfind("running: ", 0) == 0 ? 1 : 0), 0)
+      << "never saw the job running";
+  EXPECT_LT(start_seconds, 2.0) << "the write must not wait for the copy";
+  ExpectQemuCheckClean(P("top.qcow2"));
+  EXPECT_EQ(InfoString(QemuInfo(P("top.qcow2")), "backing-filename"), "base2.qcow2");
+  ExpectSameGuestContent(P("top.qcow2"), before);
+  // Once finished, the same image can be rebased again (back onto base).
+  ASSERT_EQ(WriteValue(M("p/top.qcow2/rebase"), "base.qcow2\n"), 0);
+  result = WaitResult("top.qcow2");
+  EXPECT_EQ(result.rfind("done: rebased onto 'base.qcow2' in ", 0), 0u) << result;
+  ExpectQemuCheckClean(P("top.qcow2"));
+  ExpectSameGuestContent(P("top.qcow2"), before);
+}
+
+TEST_F(MountRebaseTest, MissingTargetIsRefusedWithEnoentAndChangesNothing) {
+  MakeSmallChain();
+  ASSERT_TRUE(MountPool());
+  auto before = Checksums(pool_);
+  testutil::RunResult r =
+      testutil::Run({"bash", "-c", "echo nothere.qcow2 > " + M("p/top.qcow2/rebase")});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("No such file"), std::string::npos) << r.err;
+  EXPECT_EQ(WriteValue(M("p/top.qcow2/rebase"), "nothere.qcow2\n"), ENOENT);
+  ExpectLogged("write", "/p/top.qcow2/rebase", "ENOENT", "does not exist");
+  EXPECT_EQ(ReadFile(M("p/top.qcow2/rebase")), "") << "no job was started";
+  EXPECT_EQ(Checksums(pool_), before);
+}
+
+TEST_F(MountRebaseTest, ImageInUseIsRefusedWithEbusyAndChangesNothing) {
+  MakeSmallChain();
+  ASSERT_TRUE(MountPool());
+  QemuIoHolder holder(P("top.qcow2"), "qcow2");
+  ASSERT_TRUE(holder.holding()) << "qemu-io did not take the image locks";
+  auto before = Checksums(pool_);
+  EXPECT_EQ(WriteValue(M("p/top.qcow2/rebase"), "base2.qcow2\n"), EBUSY);
+  ExpectLogged("write", "/p/top.qcow2/rebase", "EBUSY", "");
+  EXPECT_EQ(WriteValue(M("p/top.qcow2/rebase"), "\n"), EBUSY);
+  EXPECT_EQ(ReadFile(M("p/top.qcow2/rebase")), "");
+  EXPECT_EQ(Checksums(pool_), before);
+}
+
+TEST_F(MountRebaseTest, NonQcow2ImageIsRefusedWithEnotsup) {
+  MakeSmallChain();
+  QemuImgCreate({"-f", "raw", P("disk.raw"), "8M"});
+  ASSERT_TRUE(MountPool());
+  auto before = Checksums(pool_);
+  EXPECT_EQ(WriteValue(M("p/disk.raw/rebase"), "base2.qcow2\n"), ENOTSUP);
+  ExpectLogged("write", "/p/disk.raw/rebase", "ENOTSUP", "not qcow2");
+  EXPECT_EQ(Checksums(pool_), before);
+}
+
+TEST_F(MountRebaseTest, UnreadableOldChainFailsInTheBackgroundWithEio) {
+  MakeSmallChain();
+  QemuImgCreate({"-f", "qcow2", P("gone.qcow2"), "8M"});
+  QemuImgCreate({"-f", "qcow2", "-b", "gone.qcow2", "-F", "qcow2", P("orphan.qcow2")});
+  ASSERT_EQ(::unlink(P("gone.qcow2").c_str()), 0);
+  ASSERT_TRUE(MountPool());
+  auto before = Checksums(pool_);
+  // Accepted (the old chain is read by the job), then failed there.
+  ASSERT_EQ(WriteValue(M("p/orphan.qcow2/rebase"), "base2.qcow2\n"), 0);
+  std::string result = WaitResult("orphan.qcow2");
+  EXPECT_EQ(result.rfind("failed: EIO: ", 0), 0u) << result;
+  EXPECT_NE(result.find("old backing chain"), std::string::npos) << result;
+  ExpectStatSizeMatchesContent("orphan.qcow2");
+  ExpectLogged("rebase", "/p/orphan.qcow2", "EIO", "old backing chain");
+  EXPECT_EQ(Checksums(pool_), before);
+}
+
+TEST_F(MountRebaseTest, ReadOnlyMountRefusesRebaseWithErofs) {
+  MakeSmallChain();
+  ASSERT_TRUE(MountPool({"-o", "ro"}));
+  auto before = Checksums(pool_);
+  EXPECT_EQ(WriteValue(M("p/top.qcow2/rebase"), "base2.qcow2\n"), EROFS);
+  ExpectLogged("open", "/p/top.qcow2/rebase", "EROFS", "read-only");
+  EXPECT_EQ(WriteValue(M("p/top.qcow2/rebase"), "\n"), EROFS);
+  EXPECT_EQ(ReadFile(M("p/top.qcow2/rebase")), "");
+  EXPECT_EQ(Checksums(pool_), before);
+}
+
+TEST_F(MountRebaseTest, SigtermWhileRebasingWaitsForTheJobToFinish) {
+  MakeBigChain();
+  std::string before = Snapshot(P("top.qcow2"), "top.raw");
+  ASSERT_TRUE(MountPool());
+  ASSERT_EQ(WriteValue(M("p/top.qcow2/rebase"), "base2.qcow2\n"), 0);
+  bool was_running = ReadFile(M("p/top.qcow2/rebase")).rfind("running: ", 0) == 0;
+  ASSERT_EQ(::kill(mount_.pid(), SIGTERM), 0);
+  int status = mount_.WaitExit(double(fs::kRebaseShutdownWait.count()) + 30);
+  ASSERT_NE(status, -1) << "the daemon did not exit";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << mount_.DaemonOutput();
+  EXPECT_FALSE(IsMounted(mnt_));
+  std::string out = mount_.DaemonOutput();
+  EXPECT_NE(out.find("rebase /p/top.qcow2 ok"), std::string::npos) << out;
+  if (was_running) {
+    EXPECT_NE(out.find("waiting up to"), std::string::npos) << out;
+  }
+  ExpectQemuCheckClean(P("top.qcow2"));
+  EXPECT_EQ(InfoString(QemuInfo(P("top.qcow2")), "backing-filename"), "base2.qcow2");
+  ExpectSameGuestContent(P("top.qcow2"), before);
+}
+
+TEST(RebaseText, RendersProgressAndResults) {
+  EXPECT_EQ(fs::RenderRebaseProgress(std::string("base2.qcow2"), 471859200, 1073741824),
+            "running: onto 'base2.qcow2' 43% (471859200/1073741824 bytes)\n");
+  EXPECT_EQ(fs::RenderRebaseProgress(std::nullopt, 0, 0), "running: flatten 0% (0/0 bytes)\n");
+  EXPECT_EQ(fs::RenderRebaseResult(std::string("b"), core::Status::Ok(), 3.24),
+            "done: rebased onto 'b' in 3.2 s\n");
+  EXPECT_EQ(fs::RenderRebaseResult(std::nullopt, core::Status::Ok(), 0.04),
+            "done: flattened in 0.0 s\n");
+  EXPECT_EQ(fs::RenderRebaseResult(std::string("b"),
+                                   core::Status(core::Code::kIo, "cannot\nread", EIO), 1),
+            "failed: EIO: cannot read\n");
+  EXPECT_EQ(fs::RenderRebaseResult(std::string("b"),
+                                   core::Error(core::Code::kPermissionDenied, "untrusted"), 1),
+            "failed: EACCES: untrusted\n");
+}
+
+TEST(RebaseJobsUnit, OneJobPerImageAndLastResultAfter) {
+  fs::RebaseJobs jobs;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  core::Status started = jobs.Start(
+      "/img", "/new", std::string("new"),
+      [&](const fs::RebaseJobs::Progress& progress) {
+        progress(5, 10);
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return release; });
+        return core::Status::Ok();
+      },
+      nullptr);
+  ASSERT_TRUE(started.ok());
+  EXPECT_TRUE(jobs.Running("/img"));
+  EXPECT_TRUE(jobs.Involves("/img"));
+  EXPECT_TRUE(jobs.Involves("/new"));
+  EXPECT_FALSE(jobs.Involves("/other"));
+  EXPECT_EQ(jobs.Start(
+                    "/img", "", std::nullopt,
+                    [](const fs::RebaseJobs::Progress&) { return core::Status::Ok(); }, nullptr)
+                .code(),
+            core::Code::kBusy);
+  EXPECT_FALSE(jobs.WaitAll(std::chrono::milliseconds(50)));
+  EXPECT_EQ(jobs.Render("/img").rfind("running: onto 'new' ", 0), 0u) << jobs.Render("/img");
+  EXPECT_EQ(jobs.Render("/other"), "");
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  EXPECT_TRUE(jobs.WaitAll(std::chrono::seconds(10)));
+  EXPECT_FALSE(jobs.Running("/img"));
+  EXPECT_EQ(jobs.Render("/img").rfind("done: rebased onto 'new' in ", 0), 0u)
+      << jobs.Render("/img");
+}
+
+}  // namespace
+}  // namespace chainfs::mounttest
