@@ -25,6 +25,7 @@
 #include "core/write/in_use.h"
 #include "core/write/rebase.h"
 #include "util/run.h"
+#include "util/qemu_holder.h"
 
 extern char** environ;
 
@@ -280,61 +281,14 @@ TEST(RebaseRefusals, MissingNewBackingIsNotFoundAndChangesNothing) {
   EXPECT_TRUE(Snapshot(t) == before);
 }
 
-// A real qemu-io holding the image open (and locked); killed by PID when
-// the test ends.
-class QemuIoChild {
- public:
-  explicit QemuIoChild(const std::string& path) : path_(path) {
-    int p[2];
-    if (::pipe2(p, O_CLOEXEC) != 0) return;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, p[0], STDIN_FILENO);
-    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
-    std::vector<std::string> args = {"qemu-io", "-f", "qcow2", path};
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    if (posix_spawnp(&pid_, "qemu-io", &fa, nullptr, argv.data(), environ) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&fa);
-    ::close(p[0]);
-    stdin_ = p[1];
-  }
-  ~QemuIoChild() {
-    if (stdin_ >= 0) ::close(stdin_);
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      int status;
-      ::waitpid(pid_, &status, 0);
-    }
-  }
-  QemuIoChild(const QemuIoChild&) = delete;
-  QemuIoChild& operator=(const QemuIoChild&) = delete;
-  bool WaitLocked() {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (pid_ > 0 && std::chrono::steady_clock::now() < deadline) {
-      Result<bool> busy = ImageInUse(path_);
-      if (busy.ok() && *busy) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return false;
-  }
-
- private:
-  std::string path_;
-  pid_t pid_ = -1;
-  int stdin_ = -1;
-};
-
 TEST(RebaseRefusals, ImageInUseIsBusyAndChangesNothing) {
   ScopedTempDir dir;
   TestChain t = MakeChain(dir, ChainCase{"1.1", 65536, false, 8 << 20});
   auto before = Snapshot(t);
   ImageInspector inspector;
   {
-    QemuIoChild holder(t.top);
-    ASSERT_TRUE(holder.WaitLocked());
+    testutil::QemuHolder holder(t.top, "qcow2");
+    ASSERT_TRUE(holder.holding());
     EXPECT_EQ(SafeRebase(inspector, t.top, t.base, std::nullopt, DirTrust(dir.path())).code(),
               Code::kBusy);
     EXPECT_EQ(SafeRebase(inspector, t.top, std::nullopt, std::nullopt, DirTrust(dir.path())).code(),
@@ -342,8 +296,8 @@ TEST(RebaseRefusals, ImageInUseIsBusyAndChangesNothing) {
   }
   EXPECT_TRUE(Snapshot(t) == before);
   // The backings need only be readable: a qemu-io on the base does not stop it.
-  QemuIoChild base_holder(t.base);
-  ASSERT_TRUE(base_holder.WaitLocked());
+  testutil::QemuHolder base_holder(t.base, "qcow2");
+  ASSERT_TRUE(base_holder.holding());
   Status s = SafeRebase(inspector, t.top, t.base, std::nullopt, DirTrust(dir.path()));
   EXPECT_TRUE(s.ok()) << s.ToString();
 }

@@ -20,6 +20,7 @@
 #include "core/write/rename.h"
 #include "util/qcow2_craft.h"
 #include "util/run.h"
+#include "util/qemu_holder.h"
 
 namespace chainfs::core {
 namespace {
@@ -194,31 +195,8 @@ TEST_F(RenameInteropTest, RemoveRefusesDependentsAndDeletesUnusedImages) {
 }
 
 TEST_F(RenameInteropTest, RenameAndRemoveRefuseImagesInUseByQemu) {
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    int devnull = ::open("/dev/null", O_RDWR);
-    ::dup2(devnull, 0);
-    ::dup2(devnull, 1);
-    ::dup2(devnull, 2);
-    std::string spec = "driver=qcow2,node-name=d,file.driver=file,file.filename=" + A("abs.qcow2");
-    ::execlp("qemu-storage-daemon", "qemu-storage-daemon", "--blockdev", spec.c_str(),
-             static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  struct Reaper {
-    pid_t pid;
-    ~Reaper() {
-      ::kill(pid, SIGKILL);
-      int st;
-      ::waitpid(pid, &st, 0);
-    }
-  } reaper{pid};
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (std::chrono::steady_clock::now() < deadline) {
-    auto busy = ImageInUse(A("abs.qcow2"));
-    if (busy.ok() && *busy) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  testutil::QemuHolder holder(A("abs.qcow2"), "qcow2", testutil::QemuHolder::Tool::kStorageDaemon);
+  ASSERT_TRUE(holder.holding());
   ASSERT_TRUE(*ImageInUse(A("abs.qcow2")));
   EXPECT_EQ(RemoveImage(inspector_, A("abs.qcow2"), Candidates()).code(), Code::kBusy);
   // base is held too (QEMU locks backing files); so is the dependent abs.

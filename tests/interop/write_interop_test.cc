@@ -28,6 +28,7 @@
 #include "core/write/retarget.h"
 #include "core/write/volume_xml_parse.h"
 #include "util/qcow2_craft.h"
+#include "util/qemu_holder.h"
 #include "util/run.h"
 
 extern char** environ;
@@ -112,56 +113,6 @@ TrustContext PoolTrust(const std::string& pool_dir) {
   t.in_pool = [pool_dir](const std::string& p) { return p.rfind(pool_dir + "/", 0) == 0; };
   return t;
 }
-
-// A real qemu-io holding an image open (and locked) until destroyed. Its
-// stdin is a pipe we keep open, so it waits for commands.
-class QemuIoHolder {
- public:
-  QemuIoHolder(const std::string& path, const std::string& format) : path_(path) {
-    int p[2];
-    if (::pipe2(p, O_CLOEXEC) != 0) return;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, p[0], STDIN_FILENO);
-    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
-    std::vector<std::string> args = {"qemu-io", "-f", format, path};
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    if (posix_spawnp(&pid_, "qemu-io", &fa, nullptr, argv.data(), environ) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&fa);
-    ::close(p[0]);
-    stdin_ = p[1];
-  }
-  ~QemuIoHolder() {
-    if (stdin_ >= 0) ::close(stdin_);
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      int status;
-      ::waitpid(pid_, &status, 0);
-    }
-  }
-  QemuIoHolder(const QemuIoHolder&) = delete;
-  QemuIoHolder& operator=(const QemuIoHolder&) = delete;
-
-  // Waits until the image shows QEMU's locks; false after 10 s.
-  bool WaitLocked() {
-    if (pid_ <= 0) return false;
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (std::chrono::steady_clock::now() < deadline) {
-      Result<bool> busy = ImageInUse(path_);
-      if (busy.ok() && *busy) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return false;
-  }
-
- private:
-  std::string path_;
-  pid_t pid_ = -1;
-  int stdin_ = -1;
-};
 
 // --- Creation ------------------------------------------------------------------
 
@@ -423,8 +374,8 @@ TEST(WriteInterop, RefusalsLeaveEveryFileUnchanged) {
   EXPECT_EQ(SetBackingFormat(dir.Sub("top.qcow2"), "nonsense").code(), Code::kInvalidArgument);
 
   {
-    QemuIoHolder holder(dir.Sub("top.qcow2"), "qcow2");
-    ASSERT_TRUE(holder.WaitLocked()) << "qemu-io never locked the image";
+    testutil::QemuHolder holder(dir.Sub("top.qcow2"), "qcow2");
+    ASSERT_TRUE(holder.holding()) << "qemu-io never locked the image";
     EXPECT_EQ(Retarget(insp, dir.Sub("top.qcow2"), "other.qcow2", trust).code(), Code::kBusy);
     EXPECT_EQ(SetBackingFormat(dir.Sub("top.qcow2"), "raw").code(), Code::kBusy);
     EXPECT_EQ(RewriteBacking(dir.Sub("top.qcow2"), "other.qcow2", "qcow2").code(), Code::kBusy);

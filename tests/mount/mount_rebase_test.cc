@@ -26,39 +26,13 @@
 #include "core/write/in_use.h"
 #include "fs/rebase_jobs.h"
 #include "mount/mount_fixture.h"
+#include "util/dir_fingerprint.h"
+#include "util/qemu_holder.h"
 
 namespace chainfs::mounttest {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// Content fingerprints of every file in a folder (name -> size:FNV-1a:mode).
-std::map<std::string, std::string> Checksums(const std::string& dir) {
-  std::map<std::string, std::string> out;
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) return out;
-  while (struct dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name == "." || name == "..") continue;
-    std::string path = dir + "/" + name;
-    struct stat st {};
-    if (::lstat(path.c_str(), &st) != 0) continue;
-    uint64_t h = 1469598103934665603ull;
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      std::vector<char> buf(1 << 16);
-      ssize_t n;
-      while ((n = ::read(fd, buf.data(), buf.size())) > 0) {
-        for (ssize_t i = 0; i < n; ++i) h = (h ^ uint8_t(buf[i])) * 1099511628211ull;
-      }
-      ::close(fd);
-    }
-    out[name] =
-        std::to_string(st.st_size) + ":" + std::to_string(h) + ":" + std::to_string(st.st_mode);
-  }
-  ::closedir(d);
-  return out;
-}
 
 // Writes `value` as `echo` does (open O_WRONLY|O_TRUNC, one write, close);
 // returns the errno of the first failing call, 0 on success.
@@ -98,55 +72,6 @@ void QemuIoWrite(const std::string& path, const std::string& fmt, const std::str
                  const std::string& off, const std::string& len) {
   MustRun({"qemu-io", "-f", fmt, "-c", "write -P " + pattern + " " + off + " " + len, path});
 }
-
-// A real `qemu-io` holding an image open (and so its image locks), reading
-// commands from a pipe that stays open; killed by PID when the test ends.
-class QemuIoHolder {
- public:
-  QemuIoHolder(const std::string& image, const std::string& format) {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) return;
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::dup2(fds[0], STDIN_FILENO);
-      int devnull = ::open("/dev/null", O_WRONLY);
-      if (devnull >= 0) {
-        ::dup2(devnull, STDOUT_FILENO);
-        ::dup2(devnull, STDERR_FILENO);
-      }
-      ::execlp("qemu-io", "qemu-io", "-f", format.c_str(), image.c_str(),
-               static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    ::close(fds[0]);
-    pipe_ = fds[1];
-    auto deadline = Clock::now() + std::chrono::seconds(10);
-    while (pid_ > 0 && Clock::now() < deadline) {
-      core::Result<bool> busy = core::ImageInUse(image);
-      if (busy.ok() && *busy) {
-        holding_ = true;
-        return;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  }
-  ~QemuIoHolder() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      int status = 0;
-      ::waitpid(pid_, &status, 0);
-    }
-    if (pipe_ >= 0) ::close(pipe_);
-  }
-  QemuIoHolder(const QemuIoHolder&) = delete;
-  QemuIoHolder& operator=(const QemuIoHolder&) = delete;
-  bool holding() const { return holding_; }
-
- private:
-  pid_t pid_ = -1;
-  int pipe_ = -1;
-  bool holding_ = false;
-};
 
 class MountRebaseTest : public MountTest {
  protected:
@@ -335,7 +260,7 @@ TEST_F(MountRebaseTest, ProgressIsShownWhileRunningAndSecondStartIsBusy) {
 TEST_F(MountRebaseTest, MissingTargetIsRefusedWithEnoentAndChangesNothing) {
   MakeSmallChain();
   ASSERT_TRUE(MountPool());
-  auto before = Checksums(pool_);
+  auto before = testutil::DirectoryFingerprint(pool_);
   testutil::RunResult r =
       testutil::Run({"bash", "-c", "echo nothere.qcow2 > " + M("p/top.qcow2/rebase")});
   EXPECT_NE(r.exit_code, 0);
@@ -343,30 +268,30 @@ TEST_F(MountRebaseTest, MissingTargetIsRefusedWithEnoentAndChangesNothing) {
   EXPECT_EQ(WriteValue(M("p/top.qcow2/rebase"), "nothere.qcow2\n"), ENOENT);
   ExpectLogged("write", "/p/top.qcow2/rebase", "ENOENT", "does not exist");
   EXPECT_EQ(ReadFile(M("p/top.qcow2/rebase")), "") << "no job was started";
-  EXPECT_EQ(Checksums(pool_), before);
+  EXPECT_EQ(testutil::DirectoryFingerprint(pool_), before);
 }
 
 TEST_F(MountRebaseTest, ImageInUseIsRefusedWithEbusyAndChangesNothing) {
   MakeSmallChain();
   ASSERT_TRUE(MountPool());
-  QemuIoHolder holder(P("top.qcow2"), "qcow2");
+  testutil::QemuHolder holder(P("top.qcow2"), "qcow2");
   ASSERT_TRUE(holder.holding()) << "qemu-io did not take the image locks";
-  auto before = Checksums(pool_);
+  auto before = testutil::DirectoryFingerprint(pool_);
   EXPECT_EQ(WriteValue(M("p/top.qcow2/rebase"), "base2.qcow2\n"), EBUSY);
   ExpectLogged("write", "/p/top.qcow2/rebase", "EBUSY", "");
   EXPECT_EQ(WriteValue(M("p/top.qcow2/rebase"), "\n"), EBUSY);
   EXPECT_EQ(ReadFile(M("p/top.qcow2/rebase")), "");
-  EXPECT_EQ(Checksums(pool_), before);
+  EXPECT_EQ(testutil::DirectoryFingerprint(pool_), before);
 }
 
 TEST_F(MountRebaseTest, NonQcow2ImageIsRefusedWithEnotsup) {
   MakeSmallChain();
   QemuImgCreate({"-f", "raw", P("disk.raw"), "8M"});
   ASSERT_TRUE(MountPool());
-  auto before = Checksums(pool_);
+  auto before = testutil::DirectoryFingerprint(pool_);
   EXPECT_EQ(WriteValue(M("p/disk.raw/rebase"), "base2.qcow2\n"), ENOTSUP);
   ExpectLogged("write", "/p/disk.raw/rebase", "ENOTSUP", "not qcow2");
-  EXPECT_EQ(Checksums(pool_), before);
+  EXPECT_EQ(testutil::DirectoryFingerprint(pool_), before);
 }
 
 TEST_F(MountRebaseTest, UnreadableOldChainFailsInTheBackgroundWithEio) {
@@ -375,7 +300,7 @@ TEST_F(MountRebaseTest, UnreadableOldChainFailsInTheBackgroundWithEio) {
   QemuImgCreate({"-f", "qcow2", "-b", "gone.qcow2", "-F", "qcow2", P("orphan.qcow2")});
   ASSERT_EQ(::unlink(P("gone.qcow2").c_str()), 0);
   ASSERT_TRUE(MountPool());
-  auto before = Checksums(pool_);
+  auto before = testutil::DirectoryFingerprint(pool_);
   // Accepted (the old chain is read by the job), then failed there.
   ASSERT_EQ(WriteValue(M("p/orphan.qcow2/rebase"), "base2.qcow2\n"), 0);
   std::string result = WaitResult("orphan.qcow2");
@@ -383,18 +308,18 @@ TEST_F(MountRebaseTest, UnreadableOldChainFailsInTheBackgroundWithEio) {
   EXPECT_NE(result.find("old backing chain"), std::string::npos) << result;
   ExpectStatSizeMatchesContent("orphan.qcow2");
   ExpectLogged("rebase", "/p/orphan.qcow2", "EIO", "old backing chain");
-  EXPECT_EQ(Checksums(pool_), before);
+  EXPECT_EQ(testutil::DirectoryFingerprint(pool_), before);
 }
 
 TEST_F(MountRebaseTest, ReadOnlyMountRefusesRebaseWithErofs) {
   MakeSmallChain();
   ASSERT_TRUE(MountPool({"-o", "ro"}));
-  auto before = Checksums(pool_);
+  auto before = testutil::DirectoryFingerprint(pool_);
   EXPECT_EQ(WriteValue(M("p/top.qcow2/rebase"), "base2.qcow2\n"), EROFS);
   ExpectLogged("open", "/p/top.qcow2/rebase", "EROFS", "read-only");
   EXPECT_EQ(WriteValue(M("p/top.qcow2/rebase"), "\n"), EROFS);
   EXPECT_EQ(ReadFile(M("p/top.qcow2/rebase")), "");
-  EXPECT_EQ(Checksums(pool_), before);
+  EXPECT_EQ(testutil::DirectoryFingerprint(pool_), before);
 }
 
 TEST_F(MountRebaseTest, SigtermWhileRebasingWaitsForTheJobToFinish) {

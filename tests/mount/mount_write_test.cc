@@ -33,6 +33,8 @@
 #include "fs/write_ops.h"
 #include "mount/mount_fixture.h"
 #include "util/qcow2_craft.h"
+#include "util/dir_fingerprint.h"
+#include "util/qemu_holder.h"
 
 namespace chainfs::mounttest {
 namespace {
@@ -48,34 +50,6 @@ using fs::LookupWriteNode;
 using fs::NodeKey;
 using fs::NodeKind;
 using fs::WriteState;
-
-// Content fingerprints of every file in a folder (name -> FNV-1a of bytes + size).
-std::map<std::string, std::string> Checksums(const std::string& dir) {
-  std::map<std::string, std::string> out;
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) return out;
-  while (struct dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name == "." || name == "..") continue;
-    std::string path = dir + "/" + name;
-    struct stat st {};
-    if (::lstat(path.c_str(), &st) != 0) continue;
-    uint64_t h = 1469598103934665603ull;
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      std::vector<char> buf(1 << 16);
-      ssize_t n;
-      while ((n = ::read(fd, buf.data(), buf.size())) > 0) {
-        for (ssize_t i = 0; i < n; ++i) h = (h ^ uint8_t(buf[i])) * 1099511628211ull;
-      }
-      ::close(fd);
-    }
-    out[name] =
-        std::to_string(st.st_size) + ":" + std::to_string(h) + ":" + std::to_string(st.st_mode);
-  }
-  ::closedir(d);
-  return out;
-}
 
 // Writes `value` like `echo` does (open O_WRONLY|O_TRUNC, one write, close)
 // and returns the errno of the first failing call, 0 on success.
@@ -137,51 +111,6 @@ void QemuIoWrite(const std::string& path, const std::string& fmt, int pattern,
   MustRun({"qemu-io", "-f", fmt, "-c",
            "write -P " + std::to_string(pattern) + " " + off + " " + len, path});
 }
-
-// A qemu-storage-daemon holding an image open (and so its image locks);
-// killed by PID when the test ends.
-class ImageHolder {
- public:
-  explicit ImageHolder(const std::string& image, const std::string& format) {
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      int devnull = ::open("/dev/null", O_RDWR);
-      if (devnull >= 0) {
-        ::dup2(devnull, STDIN_FILENO);
-        ::dup2(devnull, STDOUT_FILENO);
-        ::dup2(devnull, STDERR_FILENO);
-      }
-      std::string spec =
-          "driver=" + format + ",node-name=disk,file.driver=file,file.filename=" + image;
-      ::execlp("qemu-storage-daemon", "qemu-storage-daemon", "--blockdev", spec.c_str(),
-               static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (std::chrono::steady_clock::now() < deadline) {
-      core::Result<bool> busy = core::ImageInUse(image);
-      if (busy.ok() && *busy) {
-        holding_ = true;
-        return;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  }
-  ~ImageHolder() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      int status = 0;
-      ::waitpid(pid_, &status, 0);
-    }
-  }
-  ImageHolder(const ImageHolder&) = delete;
-  ImageHolder& operator=(const ImageHolder&) = delete;
-  bool holding() const { return holding_; }
-
- private:
-  pid_t pid_ = -1;
-  bool holding_ = false;
-};
 
 class MountWriteTest : public MountTest {
  protected:
@@ -336,7 +265,7 @@ TEST_F(MountWriteTest, LnSRefusesMissingTakenAndUntrustedBackingsChangingNothing
   MakeDataChain();
   MakeEvilRaw(P("evil.raw"));
   ASSERT_TRUE(MountBoth());
-  auto before = Checksums(pool_);
+  auto before = testutil::DirectoryFingerprint(pool_);
 
   EXPECT_EQ(::symlink("nothere.qcow2", M("p/n1").c_str()), -1);
   EXPECT_EQ(errno, ENOENT);
@@ -356,7 +285,7 @@ TEST_F(MountWriteTest, LnSRefusesMissingTakenAndUntrustedBackingsChangingNothing
   EXPECT_EQ(errno, EINVAL);
   ExpectLogged("symlink", "/p/n3", "EINVAL", "out of the mount");
 
-  EXPECT_EQ(Checksums(pool_), before);
+  EXPECT_EQ(testutil::DirectoryFingerprint(pool_), before);
 }
 
 // ---------------------------------------------------------------- backing
@@ -416,7 +345,7 @@ TEST_F(MountWriteTest, EchoBackingRefusalsReturnErrnoLogReasonAndChangeNothing) 
   QemuImgCreate({"-f", "qcow2", "-b", "base.raw", "-F", "raw", P("nofmt.qcow2")});
   ASSERT_TRUE(testutil::StripBackingFormat(P("nofmt.qcow2")).ok());
   ASSERT_TRUE(MountBoth());
-  auto before = Checksums(pool_);
+  auto before = testutil::DirectoryFingerprint(pool_);
 
   // Target missing: the shell sees the write fail.
   testutil::RunResult r = Shell("echo missing.raw > " + M("p/mid.qcow2/backing"));
@@ -435,7 +364,7 @@ TEST_F(MountWriteTest, EchoBackingRefusalsReturnErrnoLogReasonAndChangeNothing) 
 
   // In use: a qemu-storage-daemon holds mid.qcow2.
   {
-    ImageHolder holder(P("mid.qcow2"), "qcow2");
+    testutil::QemuHolder holder(P("mid.qcow2"), "qcow2", testutil::QemuHolder::Tool::kStorageDaemon);
     ASSERT_TRUE(holder.holding());
     MustRun({"cp", "--sparse=always", P("base.raw"), tmp_.Sub("copy.raw")});
     EXPECT_EQ(WriteValue(M("p/mid.qcow2/backing"), tmp_.Sub("copy.raw") + "\n"), EBUSY);
@@ -443,7 +372,7 @@ TEST_F(MountWriteTest, EchoBackingRefusalsReturnErrnoLogReasonAndChangeNothing) 
     EXPECT_EQ(WriteValue(M("p/mid.qcow2/backing_format"), "raw\n"), EBUSY);
     ExpectLogged("write", "/p/mid.qcow2/backing_format", "EBUSY", "in use");
   }
-  EXPECT_EQ(Checksums(pool_), before);
+  EXPECT_EQ(testutil::DirectoryFingerprint(pool_), before);
 }
 
 TEST_F(MountWriteTest, EchoBackingFormatRecordsMissingFormatKeepingGuestContent) {
@@ -453,10 +382,10 @@ TEST_F(MountWriteTest, EchoBackingFormatRecordsMissingFormatKeepingGuestContent)
   ASSERT_TRUE(MountBoth());
   EXPECT_NE(ReadFile(M("p/top.qcow2/problems")), "");
   EXPECT_EQ(ReadFile(M("p/top.qcow2/backing_format")), "");
-  auto before = Checksums(pool_);
+  auto before = testutil::DirectoryFingerprint(pool_);
   EXPECT_EQ(WriteValue(M("p/top.qcow2/backing_format"), "vhs\n"), EINVAL);
   ExpectLogged("write", "/p/top.qcow2/backing_format", "EINVAL", "vhs");
-  EXPECT_EQ(Checksums(pool_), before);
+  EXPECT_EQ(testutil::DirectoryFingerprint(pool_), before);
 
   testutil::RunResult r = Shell("echo qcow2 > " + M("p/top.qcow2/backing_format"));
   EXPECT_EQ(r.exit_code, 0) << r.err;
@@ -544,7 +473,7 @@ TEST_F(MountWriteTest, CreateFileRefusesBadXmlTakenNamesAndUntrustedBackings) {
   MakeDataChain();
   MakeEvilRaw(P("evil.raw"));
   ASSERT_TRUE(MountBoth());
-  auto before = Checksums(pool_);
+  auto before = testutil::DirectoryFingerprint(pool_);
   auto cat_into = [&](const std::string& xml) {
     return testutil::RunWithInput({"sh", "-c", "cat > " + M("p/.create")}, xml);
   };
@@ -579,7 +508,7 @@ TEST_F(MountWriteTest, CreateFileRefusesBadXmlTakenNamesAndUntrustedBackings) {
   // Reading the write-only file is refused.
   EXPECT_EQ(::open(M("p/.create").c_str(), O_RDONLY), -1);
   EXPECT_EQ(errno, EACCES);
-  EXPECT_EQ(Checksums(pool_), before);
+  EXPECT_EQ(testutil::DirectoryFingerprint(pool_), before);
 }
 
 // ---------------------------------------------------------------- mv
@@ -632,7 +561,7 @@ TEST_F(MountWriteTest, MvRefusesTakenNamesBusyImagesAndOtherFileSystems) {
     ~ShmCleanup() { testutil::RemoveTree(dir); }
   } cleanup{shm};
   ASSERT_TRUE(MountBoth({"--pool", "s=" + shm}));
-  auto before = Checksums(pool_);
+  auto before = testutil::DirectoryFingerprint(pool_);
 
   EXPECT_EQ(::rename(M("p/mid.qcow2").c_str(), M("p/top.qcow2").c_str()), -1);
   EXPECT_EQ(errno, EEXIST);
@@ -649,14 +578,14 @@ TEST_F(MountWriteTest, MvRefusesTakenNamesBusyImagesAndOtherFileSystems) {
     }
   }
   {
-    ImageHolder holder(P("top.qcow2"), "qcow2");  // holds mid and base too
+    testutil::QemuHolder holder(P("top.qcow2"), "qcow2", testutil::QemuHolder::Tool::kStorageDaemon);  // holds mid and base too
     ASSERT_TRUE(holder.holding());
     EXPECT_EQ(::rename(M("p/base.raw").c_str(), M("p/b2.raw").c_str()), -1);
     EXPECT_EQ(errno, EBUSY);
     ExpectLogged("rename", "/p/base.raw", "EBUSY", "in use");
   }
-  EXPECT_EQ(Checksums(pool_), before);
-  EXPECT_TRUE(Checksums(shm).empty());
+  EXPECT_EQ(testutil::DirectoryFingerprint(pool_), before);
+  EXPECT_TRUE(testutil::DirectoryFingerprint(shm).empty());
 }
 
 // ---------------------------------------------------------------- rmdir
@@ -665,7 +594,7 @@ TEST_F(MountWriteTest, RmdirDeletesUnusedImageAndRefusesWhileDependedOnOrInUse) 
   MakeDataChain();
   QemuImgCreate({"-f", "qcow2", P("lonely.qcow2"), "1M"});
   ASSERT_TRUE(MountBoth());
-  auto before = Checksums(pool_);
+  auto before = testutil::DirectoryFingerprint(pool_);
   testutil::RunResult r = testutil::Run({"rmdir", M("p/base.raw")});
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("busy"), std::string::npos) << r.err;
@@ -673,7 +602,7 @@ TEST_F(MountWriteTest, RmdirDeletesUnusedImageAndRefusesWhileDependedOnOrInUse) 
   EXPECT_EQ(::rmdir(M("p/mid.qcow2").c_str()), -1);
   EXPECT_EQ(errno, EBUSY);
   {
-    ImageHolder holder(P("lonely.qcow2"), "qcow2");
+    testutil::QemuHolder holder(P("lonely.qcow2"), "qcow2", testutil::QemuHolder::Tool::kStorageDaemon);
     ASSERT_TRUE(holder.holding());
     EXPECT_EQ(::rmdir(M("p/lonely.qcow2").c_str()), -1);
     EXPECT_EQ(errno, EBUSY);
@@ -684,7 +613,7 @@ TEST_F(MountWriteTest, RmdirDeletesUnusedImageAndRefusesWhileDependedOnOrInUse) 
   EXPECT_EQ(::mkdir(M("p/newdir").c_str(), 0755), -1);
   EXPECT_EQ(errno, EPERM);
   ExpectLogged("mkdir", "/p/newdir", "EPERM", "ln -s");
-  EXPECT_EQ(Checksums(pool_), before);
+  EXPECT_EQ(testutil::DirectoryFingerprint(pool_), before);
 
   MustRun({"rmdir", M("p/top.qcow2")});
   MustRun({"rmdir", M("p/lonely.qcow2")});
@@ -694,7 +623,7 @@ TEST_F(MountWriteTest, RmdirDeletesUnusedImageAndRefusesWhileDependedOnOrInUse) 
   ExpectLogged("rmdir", "/p/top.qcow2", "ok", "deleted");
   MustRun({"rmdir", M("p/mid.qcow2")});  // no dependents any more
   MustRun({"rmdir", M("p/base.raw")});
-  EXPECT_TRUE(Checksums(pool_).empty());
+  EXPECT_TRUE(testutil::DirectoryFingerprint(pool_).empty());
 }
 
 // ---------------------------------------------------------------- -o ro
@@ -702,7 +631,7 @@ TEST_F(MountWriteTest, RmdirDeletesUnusedImageAndRefusesWhileDependedOnOrInUse) 
 TEST_F(MountWriteTest, ReadOnlyMountRefusesEveryChangeWithErofs) {
   MakeDataChain();
   ASSERT_TRUE(MountBoth({"-o", "ro"}));
-  auto before = Checksums(pool_);
+  auto before = testutil::DirectoryFingerprint(pool_);
   EXPECT_EQ(::symlink("base.raw", M("p/new").c_str()), -1);
   EXPECT_EQ(errno, EROFS);
   EXPECT_EQ(::rename(M("p/top.qcow2").c_str(), M("p/t2").c_str()), -1);
@@ -718,7 +647,7 @@ TEST_F(MountWriteTest, ReadOnlyMountRefusesEveryChangeWithErofs) {
   testutil::RunResult r = Shell("echo base.raw > " + M("p/top.qcow2/backing"));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("Read-only"), std::string::npos) << r.err;
-  EXPECT_EQ(Checksums(pool_), before);
+  EXPECT_EQ(testutil::DirectoryFingerprint(pool_), before);
 }
 
 // ro is the daemon's, not the kernel's: every change reaches chainfs, which
@@ -726,7 +655,7 @@ TEST_F(MountWriteTest, ReadOnlyMountRefusesEveryChangeWithErofs) {
 TEST_F(MountWriteTest, ReadOnlyMountLogsEveryRefusal) {
   MakeDataChain();
   ASSERT_TRUE(MountBoth({"-o", "ro"}));
-  auto before = Checksums(pool_);
+  auto before = testutil::DirectoryFingerprint(pool_);
   const std::string ro = "mounted read-only";
   EXPECT_EQ(::symlink("base.raw", M("p/new").c_str()), -1);
   EXPECT_EQ(errno, EROFS);
@@ -770,7 +699,7 @@ TEST_F(MountWriteTest, ReadOnlyMountLogsEveryRefusal) {
   EXPECT_EQ(::chmod(M("p/top.qcow2/info").c_str(), 0600), -1);
   EXPECT_EQ(errno, EROFS);
   ExpectLogged("setattr", "/p/top.qcow2/info", "EROFS", ro);
-  EXPECT_EQ(Checksums(pool_), before);
+  EXPECT_EQ(testutil::DirectoryFingerprint(pool_), before);
 }
 
 // ---------------------------------------------------------------- crashes
@@ -803,7 +732,7 @@ dev_t DevOf(const std::string& path) {
 std::vector<std::string> CheckEveryImage(const std::string& dir) {
   std::vector<std::string> bad;
   core::ImageInspector inspector;
-  for (const auto& [name, sum] : Checksums(dir)) {
+  for (const auto& [name, sum] : testutil::DirectoryFingerprint(dir)) {
     std::string path = dir + "/" + name;
     testutil::RunResult r = testutil::Run({"qemu-img", "check", "-U", path});
     if (IsQcow2(path) && r.exit_code != 0)
@@ -893,10 +822,10 @@ TEST_F(MountWriteTest, KillDuringCreatesLeavesNoPartialImage) {
   mount_.Stop();
   std::vector<std::string> bad = CheckEveryImage(pool_);
   EXPECT_TRUE(bad.empty()) << bad.size() << " bad images, first: " << bad[0];
-  for (const auto& [name, sum] : Checksums(pool_)) {
+  for (const auto& [name, sum] : testutil::DirectoryFingerprint(pool_)) {
     EXPECT_EQ(name.find("chainfs-tmp"), std::string::npos) << "temporary file left: " << name;
   }
-  EXPECT_GE(Checksums(pool_).size(), size_t(made) + 1);
+  EXPECT_GE(testutil::DirectoryFingerprint(pool_).size(), size_t(made) + 1);
 }
 
 TEST_F(MountWriteTest, NoSpaceInTheMiddleOfCreateLeavesNoPartialImage) {
@@ -920,7 +849,7 @@ TEST_F(MountWriteTest, NoSpaceInTheMiddleOfCreateLeavesNoPartialImage) {
     ::close(fd);
   }
   ASSERT_TRUE(MountBoth({"--pool", "small=" + small}));
-  auto before = Checksums(small);
+  auto before = testutil::DirectoryFingerprint(small);
   EXPECT_EQ(::symlink("base.raw", M("small/new.qcow2").c_str()), -1);
   EXPECT_EQ(errno, ENOSPC);
   ExpectLogged("symlink", "/small/new.qcow2", "ENOSPC", "");
@@ -930,7 +859,7 @@ TEST_F(MountWriteTest, NoSpaceInTheMiddleOfCreateLeavesNoPartialImage) {
                              "<target><format type='qcow2'/></target></volume>");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("No space"), std::string::npos) << r.err;
-  EXPECT_EQ(Checksums(small), before) << "no partial image, no temporary file";
+  EXPECT_EQ(testutil::DirectoryFingerprint(small), before) << "no partial image, no temporary file";
 }
 
 }  // namespace
