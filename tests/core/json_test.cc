@@ -14,7 +14,7 @@ TEST(Json, DumpsIndentedLikeQemuImg) {
   o.Set("dirty-flag", false);
   Json arr = Json::MakeArray();
   arr.Push(1);
-  o.Set("list", arr);
+  o.Set("list", std::move(arr));
   o.Set("empty", Json::MakeObject());
   EXPECT_EQ(o.Dump(4),
             "{\n    \"virtual-size\": 1048576,\n    \"filename\": \"a \\\"b\\\"\\n\",\n"
