@@ -5,8 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCHAINFS_TESTS=OFF >/dev/null
-cmake --build build -j"$(nproc)" >/dev/null
+buildlog=$(mktemp)
+if ! { cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCHAINFS_TESTS=OFF &&
+       cmake --build build -j"$(nproc)"; } >"$buildlog" 2>&1; then
+  cat "$buildlog" >&2
+  rm -f "$buildlog"
+  exit 1
+fi
+rm -f "$buildlog"
 top=$(pwd)
 
 mnt=$(mktemp -d "${TMPDIR:-/tmp}/chainfs-demo-mnt-XXXXXX")
@@ -43,8 +49,8 @@ show "cat demo/top.qcow2/info"
 show "jq -r '.[] | \"\\(.filename) \\(.format) \\(.\"virtual-size\")\"' demo/top.qcow2/info.json"
 show "cat demo/top.qcow2/disk.xml"
 show "grep -H . demo/*/problems"
-if echo qcow2 > demo/noformat.qcow2/backing_format 2>/dev/null; then
-  show "echo qcow2 > demo/noformat.qcow2/backing_format  # the fix 'problems' names"
+printf '\n$ %s\n' "echo qcow2 > demo/noformat.qcow2/backing_format   # the fix 'problems' names"
+if echo qcow2 > demo/noformat.qcow2/backing_format; then
   show "cat demo/noformat.qcow2/problems demo/noformat.qcow2/backing_format"
   show "cat demo/noformat.qcow2/chain/*/path"
 fi
