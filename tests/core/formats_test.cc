@@ -639,39 +639,34 @@ TEST_F(QemuFormats, VhdxSurvivesHostileHeaders) {
 
 // LUKS creation benchmarks the PBKDF for seconds, so the suite makes its
 // images once.
+// Two LUKS images made by qemu-img for each test. Made in SetUp rather than
+// once per suite: CTest runs every test in its own process anyway, and a
+// failure here must fail the test (a suite set-up failure reads as "skipped").
 class LuksImages : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    dir_ = new ScopedTempDir();
-    ok_ = QemuImg({"create", "-q", "-f", "luks", "--object", "secret,id=s0,data=pw", "-o",
-                   "key-secret=s0,iter-time=50", dir_->Sub("a.luks"), "4M"}) &&
-          QemuImg({"create", "-q", "-f", "luks", "--object", "secret,id=s0,data=pw", "-o",
-                   "key-secret=s0,iter-time=50,cipher-alg=aes-128,cipher-mode=cbc,"
-                   "ivgen-alg=essiv,ivgen-hash-alg=sha256,hash-alg=sha1",
-                   dir_->Sub("b.luks"), "1M"});
+  void SetUp() override {
+    ASSERT_TRUE(QemuImg({"create", "-q", "-f", "luks", "--object", "secret,id=s0,data=pw", "-o",
+                         "key-secret=s0,iter-time=300", Path("a.luks"), "4M"}));
+    ASSERT_TRUE(QemuImg({"create", "-q", "-f", "luks", "--object", "secret,id=s0,data=pw", "-o",
+                         "key-secret=s0,iter-time=300,cipher-alg=aes-128,cipher-mode=cbc,"
+                         "ivgen-alg=essiv,ivgen-hash-alg=sha256,hash-alg=sha256",
+                         Path("b.luks"), "1M"}));
   }
-  static void TearDownTestSuite() {
-    delete dir_;
-    dir_ = nullptr;
-  }
-  void SetUp() override { ASSERT_TRUE(ok_) << "qemu-img could not create LUKS images"; }
-  static ScopedTempDir* dir_;
-  static bool ok_;
+  std::string Path(const std::string& name) const { return dir_.Sub(name); }
+  ScopedTempDir dir_;
 };
-ScopedTempDir* LuksImages::dir_ = nullptr;
-bool LuksImages::ok_ = false;
 
 TEST_F(LuksImages, MatchQemuImg) {
-  ImageMeta m = CheckAgainstQemu(dir_->Sub("a.luks"), "luks");
+  ImageMeta m = CheckAgainstQemu(Path("a.luks"), "luks");
   EXPECT_TRUE(m.encrypted);
   EXPECT_EQ(m.encryption_format, "luks");
   EXPECT_TRUE(m.problems.empty()) << m.problems[0];
-  m = CheckAgainstQemu(dir_->Sub("b.luks"), "luks");
+  m = CheckAgainstQemu(Path("b.luks"), "luks");
   EXPECT_EQ(m.format_specific.Find("data")->Find("ivgen-hash-alg")->as_string(), "sha256");
 }
 
 TEST_F(LuksImages, SurviveHostileHeaders) {
-  std::vector<uint8_t> img = ReadAll(dir_->Sub("b.luks"));
+  std::vector<uint8_t> img = ReadAll(Path("b.luks"));
   Torture("luks", img, 600, {{0, 600}}, 1);
   std::vector<uint8_t> bad = img;
   StoreBe32(bad.data() + 104, 0x7fffffff);  // payload past EOF

@@ -9,7 +9,9 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <chrono>
 #include <cstdlib>
+#include <thread>
 #include <cstring>
 #include <filesystem>
 
@@ -159,9 +161,11 @@ RunResult RunWithInput(const std::vector<std::string>& argv, const std::string& 
 
 RunResult RunRetryingQemuCpuBenchmark(const std::vector<std::string>& argv) {
   RunResult r;
-  for (int attempt = 0; attempt < 8; ++attempt) {
+  for (int attempt = 0; attempt < 20; ++attempt) {
     r = Run(argv);
     if (r.exit_code == 0 || r.err.find("accurate CPU usage") == std::string::npos) break;
+    // Let the CPU contention that spoils qemu's measurement pass.
+    std::this_thread::sleep_for(std::chrono::milliseconds(100 + 50 * attempt));
   }
   return r;
 }

@@ -28,7 +28,7 @@ inline RunResult RunCommand(const std::vector<std::string>& argv) { return Run(a
 // Same as Run, with `input` written to the child's stdin.
 RunResult RunWithInput(const std::vector<std::string>& argv, const std::string& input);
 
-// Runs argv like Run, again (up to 8 times in all) while it fails with
+// Runs argv like Run, again (up to 20 times in all, pausing between tries) while it fails with
 // qemu's spurious "Unable to get accurate CPU usage": LUKS creation
 // benchmarks its key derivation by thread CPU time, which a busy machine can
 // make unmeasurable. Any other failure is returned at once.
