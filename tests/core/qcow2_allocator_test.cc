@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "core/format/qcow2/allocator.h"
+#include "util/qemu_check.h"
 #include "util/run.h"
 
 namespace chainfs::core {
@@ -25,13 +26,6 @@ void MustRunCmd(const std::vector<std::string>& argv) {
                             << r.out;
 }
 
-// Asserts `qemu-img check` reports no errors and no leaks.
-::testing::AssertionResult CheckClean(const std::string& path) {
-  RunResult r = testutil::Run({"qemu-img", "check", "-f", "qcow2", path});
-  if (r.exit_code == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure()
-         << "qemu-img check exit " << r.exit_code << ": " << r.out << r.err;
-}
 
 std::vector<uint8_t> ReadFileBytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -106,7 +100,7 @@ TEST_P(AllocatorTest, WritesScatteredClustersConsistently) {
   ASSERT_TRUE(w->Flush().ok());
   EXPECT_GT(w->stats().flushes, 1u);
   w.reset();
-  EXPECT_TRUE(CheckClean(img));
+  EXPECT_TRUE(testutil::QemuImgCheckClean(img));
   EXPECT_TRUE(GuestBytes(img, dir.Sub("out.raw")) == model);
 }
 
@@ -149,7 +143,7 @@ TEST(Qcow2Allocator, UsesExistingL2TableAndOverwritesInPlace) {
   w.reset();
   std::memcpy(model.data() + 65536, a.data(), a.size());
   std::memcpy(model.data() + 5 * 65536, b.data(), b.size());
-  EXPECT_TRUE(CheckClean(img));
+  EXPECT_TRUE(testutil::QemuImgCheckClean(img));
   EXPECT_TRUE(GuestBytes(img, dir.Sub("o.raw")) == model);
   // Exactly three new clusters were appended (no new L2 table, no refblock).
   EXPECT_EQ(ReadFileBytes(img).size(), file_before + 3 * 65536);
@@ -180,7 +174,7 @@ TEST(Qcow2Allocator, CrossesRefcountBlocksAndGrowsTableWith512ByteClusters) {
   EXPECT_GE(w->stats().table_grows, 1u);
   EXPECT_NE(w->header().refcount_table_offset, old_table);
   w.reset();
-  EXPECT_TRUE(CheckClean(img));
+  EXPECT_TRUE(testutil::QemuImgCheckClean(img));
   EXPECT_TRUE(GuestBytes(img, dir.Sub("o.raw")) == model);
 }
 
@@ -206,7 +200,7 @@ TEST(Qcow2Allocator, ZeroClustersHideTheBackingOnV3AndV2) {
     w.reset();
     std::memset(model.data(), 0, 65536);
     std::memset(model.data() + (1 << 20), 0, 3 * 65536);
-    EXPECT_TRUE(CheckClean(top));
+    EXPECT_TRUE(testutil::QemuImgCheckClean(top));
     EXPECT_TRUE(GuestBytes(top, dir.Sub("o.raw")) == model);
     const uint64_t grown = ReadFileBytes(top).size() - file_before;
     if (compat == "1.1") {
@@ -230,7 +224,7 @@ TEST(Qcow2Allocator, DroppedWithoutFlushLeavesContentAndConsistency) {
     ASSERT_TRUE(w->WriteClusters(2 << 20, Pattern(4 * 65536, 3)).ok());
     EXPECT_EQ(w->pending_clusters(), 4u);
   }
-  EXPECT_TRUE(CheckClean(img));
+  EXPECT_TRUE(testutil::QemuImgCheckClean(img));
   EXPECT_TRUE(GuestBytes(img, dir.Sub("o.raw")) == before);
 }
 

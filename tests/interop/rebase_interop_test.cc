@@ -24,6 +24,7 @@
 #include "core/util/json.h"
 #include "core/write/in_use.h"
 #include "core/write/rebase.h"
+#include "util/qemu_check.h"
 #include "util/run.h"
 #include "util/qemu_holder.h"
 
@@ -41,12 +42,6 @@ void Must(const std::vector<std::string>& argv) {
                             << r.out;
 }
 
-::testing::AssertionResult CheckClean(const std::string& path) {
-  RunResult r = testutil::Run({"qemu-img", "check", "-f", "qcow2", path});
-  if (r.exit_code == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure()
-         << "qemu-img check exit " << r.exit_code << ": " << r.out << r.err;
-}
 
 // qemu-img compare of the image's chain against a raw file (exit 0 = same).
 ::testing::AssertionResult SameContent(const std::string& image, const std::string& raw) {
@@ -155,7 +150,7 @@ TEST_P(RebaseInterop, RebaseOntoBaseKeepsContent) {
   EXPECT_TRUE(monotonic);
   EXPECT_EQ(last_done, GetParam().size);
   EXPECT_EQ(total, GetParam().size);
-  EXPECT_TRUE(CheckClean(t.top));
+  EXPECT_TRUE(testutil::QemuImgCheckClean(t.top));
   EXPECT_TRUE(SameContent(t.top, t.before));
   Json info = Info(t.top);
   EXPECT_EQ(StrField(info, "backing-filename"), t.base);
@@ -168,7 +163,7 @@ TEST_P(RebaseInterop, FlattenKeepsContentAndDropsBacking) {
   ImageInspector inspector;
   Status s = SafeRebase(inspector, t.top, std::nullopt, std::nullopt, DirTrust(dir.path()));
   ASSERT_TRUE(s.ok()) << s.ToString();
-  EXPECT_TRUE(CheckClean(t.top));
+  EXPECT_TRUE(testutil::QemuImgCheckClean(t.top));
   EXPECT_TRUE(SameContent(t.top, t.before));
   Json info = Info(t.top);
   EXPECT_EQ(StrField(info, "backing-filename"), "<absent>");
@@ -193,7 +188,7 @@ TEST_P(RebaseInterop, ShorterAndLongerNewBackingsKeepContent) {
     Status s = SafeRebase(inspector, t.top, std::string("nb.qcow2"), std::string("qcow2"),
                           DirTrust(dir.path()));
     ASSERT_TRUE(s.ok()) << s.ToString();
-    EXPECT_TRUE(CheckClean(t.top));
+    EXPECT_TRUE(testutil::QemuImgCheckClean(t.top));
     EXPECT_TRUE(SameContent(t.top, t.before));
     Json info = Info(t.top);
     EXPECT_EQ(StrField(info, "backing-filename"), "nb.qcow2");
@@ -229,7 +224,7 @@ TEST(RebaseInterop, CopiesOnlyWhereTheChainsDiffer) {
   const uint64_t top_size = FileSize(t.top);
   ImageInspector inspector;
   ASSERT_TRUE(SafeRebase(inspector, t.top, same, std::string("qcow2"), DirTrust(dir.path())).ok());
-  EXPECT_TRUE(CheckClean(t.top));
+  EXPECT_TRUE(testutil::QemuImgCheckClean(t.top));
   EXPECT_TRUE(SameContent(t.top, t.before));
   EXPECT_EQ(FileSize(t.top), top_size);  // not one cluster copied
 
@@ -240,7 +235,7 @@ TEST(RebaseInterop, CopiesOnlyWhereTheChainsDiffer) {
   Must({"qemu-io", "-f", "qcow2", "-c", "write -P 0xee 30m 192k", shared});
   ASSERT_TRUE(
       SafeRebase(inspector, t.top, shared, std::string("qcow2"), DirTrust(dir.path())).ok());
-  EXPECT_TRUE(CheckClean(t.top));
+  EXPECT_TRUE(testutil::QemuImgCheckClean(t.top));
   EXPECT_TRUE(SameContent(t.top, t.before));
   EXPECT_LE(FileSize(t.top), top_size + 3 * 65536 + 65536 /* an L2 table at most */);
 }
@@ -258,7 +253,7 @@ TEST(RebaseInterop, RebaseOfStandaloneImageWritesZerosOverNewData) {
   ImageInspector inspector;
   Status s = SafeRebase(inspector, img, nb, std::nullopt, DirTrust(dir.path()));
   ASSERT_TRUE(s.ok()) << s.ToString();
-  EXPECT_TRUE(CheckClean(img));
+  EXPECT_TRUE(testutil::QemuImgCheckClean(img));
   EXPECT_TRUE(SameContent(img, dir.Sub("before.raw")));
   EXPECT_EQ(StrField(Info(img), "backing-filename-format"), "raw");
 }

@@ -156,6 +156,16 @@ void MountTest::TearDown() {
   mount_.Stop();
 }
 
+void MountTest::ExpectLogged(const std::string& op, const std::string& path,
+                             const std::string& result, const std::string& reason_part) {
+  std::string log = Log();
+  std::string needle = " " + op + " " + path + " " + result + " ";
+  size_t at = log.rfind(needle);
+  ASSERT_NE(at, std::string::npos) << "no '" << needle << "' in log:\n" << log;
+  std::string line = log.substr(at, log.find('\n', at) - at);
+  EXPECT_NE(line.find(reason_part), std::string::npos) << line;
+}
+
 bool MountTest::MountPool(const std::vector<std::string>& extra) {
   std::vector<std::string> args = {"--pool", "p=" + pool_};
   args.insert(args.end(), extra.begin(), extra.end());

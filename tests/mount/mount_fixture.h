@@ -80,6 +80,11 @@ class MountTest : public ::testing::Test {
   // receives the exit status when given (else non-zero fails the test).
   std::string Chainctl(const std::vector<std::string>& args, int* exit_code = nullptr);
 
+  // Returns the mount's .chainfs/log.
+  std::string Log() { return ReadFile(M(".chainfs/log")); }
+  // Expects the last log line for `op` `path` `result` to contain `reason_part`.
+  void ExpectLogged(const std::string& op, const std::string& path, const std::string& result,
+                    const std::string& reason_part);
   testutil::ScopedTempDir tmp_;  // destroyed after mount_
   std::string pool_;
   std::string mnt_;

@@ -113,17 +113,6 @@ class MountRebaseTest : public MountTest {
     MustRun({"qemu-img", "convert", "-U", "-O", "raw", image, out});
     return out;
   }
-  std::string Log() { return ReadFile(M(".chainfs/log")); }
-  // Expects a log line with `op`, `path`, `result` and `reason_part`.
-  void ExpectLogged(const std::string& op, const std::string& path, const std::string& result,
-                    const std::string& reason_part) {
-    std::string log = Log();
-    std::string needle = " " + op + " " + path + " " + result + " ";
-    size_t at = log.rfind(needle);
-    ASSERT_NE(at, std::string::npos) << "no '" << needle << "' in log:\n" << log;
-    std::string line = log.substr(at, log.find('\n', at) - at);
-    EXPECT_NE(line.find(reason_part), std::string::npos) << line;
-  }
   // base.qcow2 (0x11 at 0..1M, 0x12 at 3M..4M) <- top.qcow2 (0x33 at
   // 1M..1M+64k); base2.qcow2 (0x44 at 512k..2M) has other data; all 8 MiB.
   void MakeSmallChain() {

@@ -133,17 +133,6 @@ class MountWriteTest : public MountTest {
     MustRun({"qemu-img", "convert", "-U", "-O", "raw", image, Ref(name)});
     return Ref(name);
   }
-  std::string Log() { return ReadFile(M(".chainfs/log")); }
-  // Expects a log line with `op`, `path`, `result` and `reason_part`.
-  void ExpectLogged(const std::string& op, const std::string& path, const std::string& result,
-                    const std::string& reason_part) {
-    std::string log = Log();
-    std::string needle = " " + op + " " + path + " " + result + " ";
-    size_t at = log.rfind(needle);
-    ASSERT_NE(at, std::string::npos) << "no '" << needle << "' in log:\n" << log;
-    std::string line = log.substr(at, log.find('\n', at) - at);
-    EXPECT_NE(line.find(reason_part), std::string::npos) << line;
-  }
   // Makes base.raw (with data) <- mid.qcow2 (with data) <- top.qcow2 (with data).
   void MakeDataChain() {
     QemuImgCreate({"-f", "raw", P("base.raw"), "4M"});
