@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include "core/util/json.h"
 #include "util/run.h"
 
 namespace chainfs::mounttest {
@@ -26,6 +27,25 @@ std::string ReadFile(const std::string& path, bool expect_ok = true);
 
 // Returns true if `path` is a mountpoint listed in /proc/self/mounts.
 bool IsMounted(const std::string& path);
+
+// Writes `value` the way `echo` does (open O_WRONLY|O_TRUNC, one write,
+// close); returns the errno of the first failing call, 0 on success.
+int WriteValue(const std::string& path, const std::string& value);
+
+// Returns `qemu-img info -U --output=json` of `path` (null Json plus a test
+// failure if it fails).
+core::Json QemuInfo(const std::string& path);
+// Returns the string member `key` of a qemu-img info object, or "<none>".
+std::string InfoString(const core::Json& info, const char* key);
+// Returns the number member `key` of a qemu-img info object, or 0.
+uint64_t InfoNumber(const core::Json& info, const char* key);
+
+// Returns true if `path` starts with the qcow2 magic.
+bool IsQcow2(const std::string& path);
+// Expects `path` to be a qcow2 image that `qemu-img check` finds clean.
+void ExpectQemuCheckClean(const std::string& path);
+// Expects `qemu-img compare` to find the same guest content in `a` and `b`.
+void ExpectSameGuestContent(const std::string& a, const std::string& b);
 
 // A chainfs daemon in the foreground (-f), started by fork/exec.
 class Mount {

@@ -28,16 +28,6 @@ int Iterations() {
   return n > 0 ? n : 12;
 }
 
-// Writes `value` the way echo does; returns errno or 0.
-int WriteValue(const std::string& path, const std::string& value) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
-  if (fd < 0) return errno;
-  int err = 0;
-  if (::write(fd, value.data(), value.size()) < 0) err = errno;
-  if (::close(fd) != 0 && err == 0) err = errno;
-  return err;
-}
-
 void QemuIo(const std::string& format, const std::string& image, const std::string& cmd) {
   MustRun({"qemu-io", "-f", format, "-c", cmd, image});
 }

@@ -61,40 +61,6 @@ bool ParseRunning(const std::string& text, uint64_t* percent, uint64_t* done, ui
   return true;
 }
 
-// Writes `value` as `echo` does (open O_WRONLY|O_TRUNC, one write, close);
-// returns the errno of the first failing call, 0 on success.
-int WriteValue(const std::string& path, const std::string& value) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
-  if (fd < 0) return errno;
-  int err = 0;
-  if (::write(fd, value.data(), value.size()) < 0) err = errno;
-  if (::close(fd) != 0 && err == 0) err = errno;
-  return err;
-}
-
-core::Json QemuInfo(const std::string& path) {
-  testutil::RunResult r = testutil::Run({"qemu-img", "info", "-U", "--output=json", path});
-  EXPECT_EQ(r.exit_code, 0) << r.err;
-  core::Result<core::Json> j = core::Json::Parse(r.out);
-  EXPECT_TRUE(j.ok()) << r.out;
-  return j.ok() ? *j : core::Json();
-}
-
-std::string InfoString(const core::Json& info, const char* key) {
-  const core::Json* v = info.is_object() ? info.Find(key) : nullptr;
-  return v && v->is_string() ? v->as_string() : std::string("<none>");
-}
-
-void ExpectQemuCheckClean(const std::string& path) {
-  testutil::RunResult r = testutil::Run({"qemu-img", "check", "-U", path});
-  EXPECT_EQ(r.exit_code, 0) << path << ": " << r.out << r.err;
-}
-
-void ExpectSameGuestContent(const std::string& a, const std::string& b) {
-  testutil::RunResult r = testutil::Run({"qemu-img", "compare", "-U", a, b});
-  EXPECT_EQ(r.exit_code, 0) << a << " vs " << b << ": " << r.out << r.err;
-}
-
 void QemuIoWrite(const std::string& path, const std::string& fmt, const std::string& pattern,
                  const std::string& off, const std::string& len) {
   MustRun({"qemu-io", "-f", fmt, "-c", "write -P " + pattern + " " + off + " " + len, path});

@@ -51,59 +51,9 @@ using fs::NodeKey;
 using fs::NodeKind;
 using fs::WriteState;
 
-// Writes `value` like `echo` does (open O_WRONLY|O_TRUNC, one write, close)
-// and returns the errno of the first failing call, 0 on success.
-int WriteValue(const std::string& path, const std::string& value) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
-  if (fd < 0) return errno;
-  int err = 0;
-  if (::write(fd, value.data(), value.size()) < 0) err = errno;
-  if (::close(fd) != 0 && err == 0) err = errno;
-  return err;
-}
-
 // Runs `bash -c SCRIPT` (bash's echo names the errno of a failed write).
 testutil::RunResult Shell(const std::string& script) {
   return testutil::Run({"bash", "-c", script});
-}
-
-// Returns true if `path` probes as qcow2 (qemu-img check supports only that here).
-bool IsQcow2(const std::string& path) {
-  char magic[4] = {};
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  bool ok = ::pread(fd, magic, 4, 0) == 4 && std::memcmp(magic, "QFI\xfb", 4) == 0;
-  ::close(fd);
-  return ok;
-}
-
-core::Json QemuInfo(const std::string& path) {
-  testutil::RunResult r = testutil::Run({"qemu-img", "info", "-U", "--output=json", path});
-  EXPECT_EQ(r.exit_code, 0) << r.err;
-  core::Result<core::Json> j = core::Json::Parse(r.out);
-  EXPECT_TRUE(j.ok()) << r.out;
-  return j.ok() ? *j : core::Json();
-}
-
-std::string InfoString(const core::Json& info, const char* key) {
-  const core::Json* v = info.is_object() ? info.Find(key) : nullptr;
-  return v && v->is_string() ? v->as_string() : std::string("<none>");
-}
-
-uint64_t InfoNumber(const core::Json& info, const char* key) {
-  const core::Json* v = info.is_object() ? info.Find(key) : nullptr;
-  return v && v->is_number() ? v->as_uint() : 0;
-}
-
-void ExpectQemuCheckClean(const std::string& path) {
-  ASSERT_TRUE(IsQcow2(path)) << path;
-  testutil::RunResult r = testutil::Run({"qemu-img", "check", "-U", path});
-  EXPECT_EQ(r.exit_code, 0) << path << ": " << r.out << r.err;
-}
-
-void ExpectSameGuestContent(const std::string& a, const std::string& b) {
-  testutil::RunResult r = testutil::Run({"qemu-img", "compare", "-U", a, b});
-  EXPECT_EQ(r.exit_code, 0) << a << " vs " << b << ": " << r.out << r.err;
 }
 
 void QemuIoWrite(const std::string& path, const std::string& fmt, int pattern,
