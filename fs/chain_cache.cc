@@ -108,6 +108,12 @@ std::shared_ptr<const ChainSnapshot> ChainCache::Get(const std::string& path) {
   }
   auto snap = std::make_shared<const ChainSnapshot>(std::move(chain), std::move(ids));
   if (on_resolved_) on_resolved_(snap->chain());
+  // Settles at once whether the monitor vouches for the new chain (the
+  // mount lets the kernel keep what it describes when it does).
+  if (monitor_.load() != nullptr && !Revalidate(*snap)) {
+    // Changed while it was resolved: the next Get resolves it again.
+    snap->set_quiet_epoch(ChainSnapshot::kNoEpoch);
+  }
   std::vector<std::shared_ptr<const ChainSnapshot>> dropped;  // released after unlock
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -160,6 +166,15 @@ void ChainCache::Clear() {
   std::lock_guard<std::mutex> lock(mu_);
   dropped.swap(entries_);
   lru_.clear();
+}
+
+bool ChainCache::WatchesDir(const std::string& normalized_dir) const {
+  const core::ChangeMonitor* monitor = monitor_.load();
+  return monitor != nullptr && monitor->Watches(normalized_dir);
+}
+
+bool ChainCache::WatchesDirOf(const std::string& path) const {
+  return WatchesDir(DirOf(core::NormalizePathLexically(path)));
 }
 
 ChainCacheStats ChainCache::stats() const {

@@ -51,6 +51,10 @@ class ChainSnapshot {
   uint64_t quiet_epoch() const { return quiet_epoch_.load(std::memory_order_acquire); }
   void set_quiet_epoch(uint64_t epoch) const { quiet_epoch_.store(epoch, std::memory_order_release); }
   static constexpr uint64_t kNoEpoch = 1;
+  // Returns true once the snapshot was validated in a quiet epoch: the
+  // chain is complete and every element is a plain file in a directory
+  // whose inotify events report all its changes.
+  bool watched() const { return quiet_epoch() != kNoEpoch; }
 
  private:
   core::Chain chain_;
@@ -91,6 +95,11 @@ class ChainCache {
   // without re-stating their elements. It must outlive its use.
   void set_change_monitor(const core::ChangeMonitor* monitor) { monitor_.store(monitor); }
   ChainCacheStats stats() const;
+  // Returns true if the change monitor reports every change in directory
+  // `normalized_dir` (false without a monitor).
+  bool WatchesDir(const std::string& normalized_dir) const;
+  // The same for the directory holding the file at `path`.
+  bool WatchesDirOf(const std::string& path) const;
   // Sets a hook called (outside locks) with every newly resolved chain, so
   // the daemon can watch the directories of elements outside the pools.
   void set_on_resolved(std::function<void(const core::Chain&)> hook) { on_resolved_ = std::move(hook); }

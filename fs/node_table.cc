@@ -83,17 +83,67 @@ std::optional<NodeKey> NodeTable::Get(uint64_t ino) const {
   return Decode(it->second);
 }
 
-void NodeTable::Forget(uint64_t ino, uint64_t n) {
+bool NodeTable::Forget(uint64_t ino, uint64_t n) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = by_ino_.find(ino);
-  if (it == by_ino_.end() || it->second.fixed) return;
+  if (it == by_ino_.end() || it->second.fixed) return false;
   if (it->second.lookups > n) {
     it->second.lookups -= n;
-    return;
+    return false;
   }
   auto key_it = by_key_.find(*it->second.encoded);
   by_ino_.erase(it);
   if (key_it != by_key_.end()) by_key_.erase(key_it);
+  return true;
+}
+
+void NodeTable::Rename(const std::string& from_pool, const std::string& from_volume,
+                       const std::string& to_pool, const std::string& to_volume) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::pair<uint64_t, NodeKey>> moved;
+  std::string prefix = EncodePrefix(from_pool, from_volume);
+  for (auto it = by_key_.lower_bound(prefix); it != by_key_.end();) {
+    if (it->first.compare(0, prefix.size(), prefix) != 0) break;
+    Node& node = by_ino_.at(it->second);
+    NodeKey key = Decode(node);
+    if (key.pool != from_pool || key.volume != from_volume) {
+      ++it;
+      continue;
+    }
+    moved.emplace_back(it->second, std::move(key));
+    it = by_key_.erase(it);
+  }
+  // Retire what is known under the new name: a pool name of "\x01" never
+  // exists, so those numbers answer ENOENT until the kernel forgets them.
+  std::string to_prefix = EncodePrefix(to_pool, to_volume);
+  std::vector<std::pair<uint64_t, NodeKey>> retired;
+  for (auto it = by_key_.lower_bound(to_prefix); it != by_key_.end();) {
+    if (it->first.compare(0, to_prefix.size(), to_prefix) != 0) break;
+    NodeKey key = Decode(by_ino_.at(it->second));
+    if (key.pool != to_pool || key.volume != to_volume) {
+      ++it;
+      continue;
+    }
+    key.pool = "\x01";
+    key.volume = std::to_string(it->second);
+    retired.emplace_back(it->second, std::move(key));
+    it = by_key_.erase(it);
+  }
+  for (auto& list : {&moved, &retired}) {
+    for (auto& [ino, key] : *list) {
+      if (list == &moved) {
+        key.pool = to_pool;
+        key.volume = to_volume;
+      }
+      Node& node = by_ino_.at(ino);
+      std::string encoded = key.Encode();
+      auto [kit, added] = by_key_.emplace(std::move(encoded), ino);
+      kit->second = ino;
+      node.encoded = &kit->first;
+      node.pool_len = static_cast<uint16_t>(key.pool.size());
+      node.volume_len = static_cast<uint16_t>(key.volume.size());
+    }
+  }
 }
 
 uint64_t NodeTable::PeekIno(const NodeKey& key) const {

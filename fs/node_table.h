@@ -32,8 +32,16 @@ class NodeTable {
   uint64_t Ref(const NodeKey& key);
   // Returns the key of `ino`, or nullopt if the kernel forgot it.
   std::optional<NodeKey> Get(uint64_t ino) const;
-  // Drops `n` kernel lookup references; erases the node at zero.
-  void Forget(uint64_t ino, uint64_t n);
+  // Drops `n` kernel lookup references; erases the node at zero and then
+  // returns true.
+  bool Forget(uint64_t ino, uint64_t n);
+  // After a volume was renamed through the mount: the kernel moved its
+  // dentry, so the inodes it holds under pool `from_pool`, volume
+  // `from_volume` now stand for `to_pool`/`to_volume` (same numbers). A
+  // node the kernel still held under the new name (a volume removed
+  // earlier) is retired: its number no longer resolves.
+  void Rename(const std::string& from_pool, const std::string& from_volume,
+              const std::string& to_pool, const std::string& to_volume);
   // Returns the inode number `key` has or would have (for readdir), without
   // taking a reference.
   uint64_t PeekIno(const NodeKey& key) const;

@@ -29,13 +29,22 @@ constexpr double kStaticTimeout = 3600.0;
 
 FsState& StateOf(fuse_req_t req) { return *static_cast<FsState*>(fuse_req_userdata(req)); }
 
-double TimeoutFor(const FsState& fs, const NodeKey& key) {
-  // The root's and .chainfs's attributes never change (pools appearing on
-  // SIGHUP are entries, invalidated by the watcher).
-  if (key.kind == NodeKind::kControlDir || key.kind == NodeKind::kRoot) return kStaticTimeout;
-  if (key.kind == NodeKind::kControlFile) return 0.0;
+double TimeoutFor(const FsState& fs, const NodeKey& key, const NodeAttr& attr) {
+  switch (key.kind) {
+    case NodeKind::kRoot:
+    case NodeKind::kControlDir:
+      // Their attributes never change (pools appearing on SIGHUP are
+      // entries, invalidated by the watcher).
+      return kStaticTimeout;
+    case NodeKind::kControlFile:  // counters and the log: new at every access
+    case NodeKind::kPoolFile:     // live filesystem sizes; .create
+      return 0.0;
+    default:
+      break;
+  }
+  if (IsPendingLinkKey(key)) return 0.0;
   if (key.kind == NodeKind::kVolumeFile && key.file == kRebaseFileName) return 0.0;  // job state
-  return fs.config.cache_timeout;
+  return attr.watched ? fs.config.cache_timeout : 0.0;
 }
 
 struct stat ToStat(uint64_t ino, const NodeAttr& a) {
@@ -139,12 +148,69 @@ Result<NodeKey> KeyOf(FsState& fs, fuse_ino_t ino) {
   return *key;
 }
 
+// Returns the attributes to reply for `ino`: a file's size and mtime come
+// from the content kept for it (KernelCache), so that what the kernel caches
+// and what READ serves agree; the chain the node draws on is recorded for
+// invalidation.
+Result<NodeAttr> Describe(FsState& fs, uint64_t ino, const NodeKey& key) {
+  Result<NodeAttr> attr = AttrWithWrites(fs, key);
+  if (!attr.ok()) return attr;
+  if (attr->chain) {
+    const ChainSnapshot* snap = attr->chain.get();
+    fs.kcache.RecordChain(EncodePrefix(key.pool, key.volume), snap, [snap] {
+      std::vector<std::string> paths;
+      for (const core::ChainElement& e : snap->chain().elements) {
+        if (!e.network) paths.push_back(core::NormalizePathLexically(e.path));
+      }
+      return paths;
+    });
+    attr->chain.reset();
+  }
+  if (attr->content) {
+    KernelCache::Version v = fs.kcache.Update(ino, std::move(*attr->content), attr->mtime);
+    attr->content.reset();
+    attr->mtime = v.mtime;
+    if (!S_ISDIR(attr->mode)) attr->size = v.bytes->size();
+  }
+  return attr;
+}
+
+// Fills an entry reply for `key`, taking one kernel lookup reference.
+Result<struct fuse_entry_param> EntryFor(FsState& fs, const NodeKey& key) {
+  struct fuse_entry_param e {};
+  e.ino = fs.nodes.Ref(key);
+  Result<NodeAttr> attr = Describe(fs, e.ino, key);
+  if (!attr.ok()) {
+    if (fs.nodes.Forget(e.ino, 1)) fs.kcache.Forget(e.ino);
+    return attr.status();
+  }
+  e.generation = 1;
+  e.attr = ToStat(e.ino, *attr);
+  e.attr_timeout = TimeoutFor(fs, key, *attr);
+  e.entry_timeout = e.attr_timeout;
+  return e;
+}
+
+void ForgetNode(FsState& fs, uint64_t ino, uint64_t n) {
+  if (fs.nodes.Forget(ino, n)) fs.kcache.Forget(ino);
+}
+
 void OpInit(void* userdata, struct fuse_conn_info* conn) {
   FsState& fs = *static_cast<FsState*>(userdata);
   fs.Count(Op::kInit);
   // Rendered files change size behind the kernel's back: no async reads.
-  // Page cache use is decided per open (see OpOpen).
   conn->want &= ~unsigned(FUSE_CAP_ASYNC_READ);
+  // No OPEN, OPENDIR or FLUSH requests (OpOpen and OpOpendir answer ENOSYS,
+  // flush is not implemented): a read of cached content costs no request.
+  // Files then keep their pages, directories their listings, until the
+  // daemon invalidates them or their attributes show a new size or mtime
+  // (auto_inval_data).
+  conn->want |= conn->capable & unsigned(FUSE_CAP_NO_OPEN_SUPPORT | FUSE_CAP_NO_OPENDIR_SUPPORT |
+                                         FUSE_CAP_AUTO_INVAL_DATA);
+  conn->want &= ~unsigned(FUSE_CAP_EXPLICIT_INVAL_DATA | FUSE_CAP_WRITEBACK_CACHE);
+  // O_TRUNC must reach the daemon as a SETATTR: with no OPEN, an atomic
+  // truncating open would never be seen.
+  conn->want &= ~unsigned(FUSE_CAP_ATOMIC_O_TRUNC);
   // READDIRPLUS only pays when the kernel may keep what it returns: with
   // zero timeouts every entry would be looked up again anyway.
   if (fs.config.cache_timeout <= 0) {
@@ -167,29 +233,22 @@ void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     Result<NodeKey> key =
         write_node ? Result<NodeKey>(*write_node) : fs.tree.Lookup(*parent_key, name);
     if (!key.ok()) return ReplyStatus(req, fs, Op::kLookup, path(), key.status());
-    Result<NodeAttr> attr = AttrWithWrites(fs, *key);
-    if (!attr.ok()) return ReplyStatus(req, fs, Op::kLookup, path(), attr.status());
-    struct fuse_entry_param e {};
-    e.ino = fs.nodes.Ref(*key);
-    fs.nodes.NoteReportedSize(e.ino, attr->size);
-    e.generation = 1;
-    e.attr = ToStat(e.ino, *attr);
-    e.attr_timeout = TimeoutFor(fs, *key);
-    e.entry_timeout = TimeoutFor(fs, *key);
-    if (fuse_reply_entry(req, &e) != 0) fs.nodes.Forget(e.ino, 1);  // interrupted
+    Result<struct fuse_entry_param> e = EntryFor(fs, *key);
+    if (!e.ok()) return ReplyStatus(req, fs, Op::kLookup, path(), e.status());
+    if (fuse_reply_entry(req, &*e) != 0) ForgetNode(fs, e->ino, 1);  // interrupted
   });
 }
 
 void OpForget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
   GuardedNoReply(req, Op::kForget, [&](FsState& fs) {
-    fs.nodes.Forget(ino, nlookup);
+    ForgetNode(fs, ino, nlookup);
     fuse_reply_none(req);
   });
 }
 
 void OpForgetMulti(fuse_req_t req, size_t count, struct fuse_forget_data* forgets) {
   GuardedNoReply(req, Op::kForget, [&](FsState& fs) {
-    for (size_t i = 0; i < count; ++i) fs.nodes.Forget(forgets[i].ino, forgets[i].nlookup);
+    for (size_t i = 0; i < count; ++i) ForgetNode(fs, forgets[i].ino, forgets[i].nlookup);
     fuse_reply_none(req);
   });
 }
@@ -199,24 +258,23 @@ void OpGetattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info*) {
     core::QuietEpochScope quiet;  // read-only request: one epoch sample
     Result<NodeKey> key = KeyOf(fs, ino);
     if (!key.ok()) return ReplyStatus(req, fs, Op::kGetattr, "-", key.status());
-    Result<NodeAttr> attr = AttrWithWrites(fs, *key);
+    Result<NodeAttr> attr = Describe(fs, ino, *key);
     if (!attr.ok()) return ReplyStatus(req, fs, Op::kGetattr, key->Path(), attr.status());
     struct stat st = ToStat(ino, *attr);
-    fs.nodes.NoteReportedSize(ino, attr->size);
-    fuse_reply_attr(req, &st, TimeoutFor(fs, *key));
+    fuse_reply_attr(req, &st, TimeoutFor(fs, *key, *attr));
   });
 }
 
 void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
-               struct fuse_file_info* fi) {
+               struct fuse_file_info*) {
   Guarded(req, Op::kSetattr, [&](FsState& fs) {
     Result<NodeKey> key = KeyOf(fs, ino);
     std::string path = key.ok() ? key->Path() : "-";
-    // Truncation of a writable file (O_TRUNC without atomic_o_trunc, or
-    // truncate(2)); other attribute changes that come with it are ignored.
-    if (key.ok() && (to_set & FUSE_SET_ATTR_SIZE) && IsWritableFile(*key)) {
-      Status s = TruncateWritable(fs, *key, fi ? fi->fh : 0,
-                                  uint64_t(std::max<off_t>(attr->st_size, 0)));
+    // Truncation: open(2) with O_TRUNC, as every `echo VALUE > FILE` does
+    // (other attribute changes that come with it are ignored).
+    if (key.ok() && (to_set & FUSE_SET_ATTR_SIZE)) {
+      ScopedRequestInode current(ino);
+      Status s = TruncateFile(fs, ino, *key, uint64_t(std::max<off_t>(attr->st_size, 0)));
       if (!s.ok()) return ReplyWriteStatus(req, s);
       Result<NodeAttr> now = AttrWithWrites(fs, *key);
       if (!now.ok()) return ReplyStatus(req, fs, Op::kSetattr, path, now.status());
@@ -250,29 +308,40 @@ void OpReadlink(fuse_req_t req, fuse_ino_t ino) {
   });
 }
 
-void OpOpendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
-  Guarded(req, Op::kOpendir, [&](FsState& fs) {
-    core::QuietEpochScope quiet;  // read-only request: one epoch sample
-    Result<NodeKey> key = KeyOf(fs, ino);
-    if (!key.ok()) return ReplyStatus(req, fs, Op::kOpendir, "-", key.status());
-    Result<std::vector<DirEntry>> entries = fs.tree.List(*key);
-    if (!entries.ok()) return ReplyStatus(req, fs, Op::kOpendir, key->Path(), entries.status());
-    fi->fh = fs.handles.AddDir(
-        std::make_shared<const std::vector<DirEntry>>(std::move(entries).value()));
-    fi->cache_readdir = 0;
-    fi->keep_cache = 0;
-    if (fuse_reply_open(req, fi) != 0) fs.handles.Remove(fi->fh);  // interrupted
-  });
+// Open requests are answered ENOSYS: the kernel then opens every file and
+// directory itself from then on (FUSE_CAP_NO_OPEN(DIR)_SUPPORT). Its
+// permission check (default_permissions, against the modes of Tree::GetAttr)
+// is the access check; writes are checked again when they arrive.
+void OpOpen(fuse_req_t req, fuse_ino_t, struct fuse_file_info*) {
+  Guarded(req, Op::kOpen, [&](FsState&) { fuse_reply_err(req, ENOSYS); });
 }
 
-void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info* fi) {
+void OpOpendir(fuse_req_t req, fuse_ino_t, struct fuse_file_info*) {
+  Guarded(req, Op::kOpendir, [&](FsState&) { fuse_reply_err(req, ENOSYS); });
+}
+
+// Returns the listing a READDIR at `off` continues: a new one at offset 0,
+// else the one taken then (there are no open handles to hold it).
+Result<std::shared_ptr<const std::vector<DirEntry>>> ListingAt(FsState& fs, fuse_ino_t ino,
+                                                               off_t off) {
+  if (off > 0) {
+    if (auto kept = fs.kcache.Listing(ino)) return kept;
+  }
+  Result<NodeKey> key = KeyOf(fs, ino);
+  if (!key.ok()) return key.status();
+  Result<std::vector<DirEntry>> entries = fs.tree.List(*key);
+  if (!entries.ok()) return entries.status();
+  auto listing = std::make_shared<const std::vector<DirEntry>>(std::move(entries).value());
+  fs.kcache.SetListing(ino, listing);
+  return listing;
+}
+
+void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info*) {
   Guarded(req, Op::kReaddir, [&](FsState& fs) {
-    HandleTable::Listing listing = fs.handles.Dir(fi->fh);
-    if (!listing) {
-      return ReplyStatus(req, fs, Op::kReaddir, "-",
-                         core::Error(core::Code::kInvalidArgument, "unknown directory handle"));
-    }
-    const std::vector<DirEntry>& entries = *listing;
+    core::QuietEpochScope quiet;  // read-only request: one epoch sample
+    auto listing = ListingAt(fs, ino, off);
+    if (!listing.ok()) return ReplyStatus(req, fs, Op::kReaddir, "-", listing.status());
+    const std::vector<DirEntry>& entries = **listing;
     std::vector<char> buf(std::min<size_t>(size, 1 << 20));
     size_t used = 0;
     // Offsets: 1 = ".", 2 = "..", 3 + i = entries[i].
@@ -303,19 +372,16 @@ void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fu
   });
 }
 
-// READDIRPLUS (only with -o cache_timeout, see OpInit): the entries come
+// READDIRPLUS (only with a cache timeout, see OpInit): the entries come
 // with their attributes, so listing a directory spares the lookups that
 // would follow. Each entry replied counts as one lookup of its node.
 void OpReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                   struct fuse_file_info* fi) {
+                   struct fuse_file_info*) {
   Guarded(req, Op::kReaddir, [&](FsState& fs) {
     core::QuietEpochScope quiet;  // read-only request: one epoch sample
-    HandleTable::Listing listing = fs.handles.Dir(fi->fh);
-    if (!listing) {
-      return ReplyStatus(req, fs, Op::kReaddir, "-",
-                         core::Error(core::Code::kInvalidArgument, "unknown directory handle"));
-    }
-    const std::vector<DirEntry>& entries = *listing;
+    auto listing = ListingAt(fs, ino, off);
+    if (!listing.ok()) return ReplyStatus(req, fs, Op::kReaddir, "-", listing.status());
+    const std::vector<DirEntry>& entries = **listing;
     std::vector<char> buf(std::min<size_t>(size, 1 << 20));
     size_t used = 0;
     size_t total = entries.size() + 2;  // offsets as in OpReaddir
@@ -331,136 +397,68 @@ void OpReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         e.attr.st_mode = S_IFDIR;
       } else {
         const DirEntry& d = entries[i - 2];
-        Result<NodeAttr> attr = AttrWithWrites(fs, d.key);
-        if (!attr.ok()) continue;  // gone since opendir: leave it out
+        Result<struct fuse_entry_param> entry = EntryFor(fs, d.key);
+        if (!entry.ok()) continue;  // gone since offset 0: leave it out
+        e = *entry;
         name = d.name.c_str();
-        e.ino = fs.nodes.Ref(d.key);
         counted = e.ino;
-        fs.nodes.NoteReportedSize(e.ino, attr->size);
-        e.generation = 1;
-        e.attr = ToStat(e.ino, *attr);
-        e.attr_timeout = TimeoutFor(fs, d.key);
-        e.entry_timeout = TimeoutFor(fs, d.key);
       }
       size_t need = fuse_add_direntry_plus(req, buf.data() + used, buf.size() - used, name, &e,
                                            off_t(i + 1));
       if (need > buf.size() - used) {
-        if (counted) fs.nodes.Forget(*counted, 1);  // not sent after all
+        if (counted) ForgetNode(fs, *counted, 1);  // not sent after all
         break;
       }
       if (counted) sent.push_back(*counted);
       used += need;
     }
     if (fuse_reply_buf(req, buf.data(), used) != 0) {  // interrupted: nothing reached the kernel
-      for (uint64_t n : sent) fs.nodes.Forget(n, 1);
+      for (uint64_t n : sent) ForgetNode(fs, n, 1);
     }
   });
 }
 
-void OpReleasedir(fuse_req_t req, fuse_ino_t, struct fuse_file_info* fi) {
-  Guarded(req, Op::kReleasedir, [&](FsState& fs) {
-    fs.handles.Remove(fi->fh);
-    fuse_reply_err(req, 0);
-  });
-}
-
-void OpOpen(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
-  Guarded(req, Op::kOpen, [&](FsState& fs) {
-    Result<NodeKey> key = KeyOf(fs, ino);
-    if (!key.ok()) return ReplyStatus(req, fs, Op::kOpen, "-", key.status());
-    bool wants_write = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
-    if (IsWritableFile(*key) && (wants_write || IsCreateFileKey(*key))) {
-      Result<uint64_t> fh = OpenForWrite(fs, CallerOf(req), *key, fi->flags);
-      if (!fh.ok()) return ReplyWriteStatus(req, fh.status());
-      fi->fh = *fh;
-      fi->direct_io = 1;
-      fi->keep_cache = 0;
-      if (fuse_reply_open(req, fi) != 0) ReleaseHandle(fs, fi->fh);  // interrupted
-      return;
-    }
-    if (wants_write) {
-      Status refused = fs.config.read_only
-                           ? core::Error(core::Code::kReadOnly, "mounted read-only")
-                           : core::Error(core::Code::kPermissionDenied,
-                                         "{} is read-only", key->Path());
-      return ReplyStatus(req, fs, Op::kOpen, key->Path(), refused);
-    }
-    core::QuietEpochScope quiet;  // the read-only path: one epoch sample
-    Result<std::string> content = fs.tree.Read(*key, CallerOf(req));
-    if (!content.ok()) return ReplyStatus(req, fs, Op::kOpen, key->Path(), content.status());
-    auto bytes = std::make_shared<const std::string>(std::move(content).value());
-    fi->fh = fs.handles.AddFile(bytes);
-    fi->nonseekable = 0;
-    fi->noflush = 1;  // nothing to do on close(2) for a read-only file
-    // Default (zero timeouts): direct_io, every read is answered from the
-    // content rendered at this open, never from stale pages.
-    // With -o cache_timeout (inotify invalidation of attributes and pages):
-    // the content goes straight into the kernel's page cache with
-    // notify_store before the open is answered, so the reads that follow
-    // cost no request. Only when the length the kernel holds for the file
-    // (our last entry/attr reply) equals the content's: a shorter new
-    // content would leave stale bytes before the old end of file.
-    bool cacheable = fs.config.cache_timeout > 0 && fs.session != nullptr &&
-                     (key->kind == NodeKind::kVolumeFile || key->kind == NodeKind::kElementFile) &&
-                     key->file != kRebaseFileName;
-    std::optional<uint64_t> reported = cacheable ? fs.nodes.ReportedSize(ino) : std::nullopt;
-    bool stored = false;
-    if (reported && *reported == bytes->size()) {
-      stored = true;
-      if (!bytes->empty()) {
-        struct fuse_bufvec bufv = FUSE_BUFVEC_INIT(bytes->size());
-        bufv.buf[0].mem = const_cast<char*>(bytes->data());
-        stored = fuse_lowlevel_notify_store(fs.session, ino, 0, &bufv, fuse_buf_copy_flags(0)) == 0;
-      }
-    }
-    fi->direct_io = stored ? 0 : 1;
-    fi->keep_cache = stored ? 1 : 0;
-    if (fuse_reply_open(req, fi) != 0) fs.handles.Remove(fi->fh);  // interrupted
-  });
-}
-
-void OpRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, struct fuse_file_info* fi) {
+// READ serves the content whose size the kernel holds (the last one
+// described, see Describe). The access rule is checked again with the
+// reading process's ids; the kernel has checked the node's mode already.
+void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info*) {
   Guarded(req, Op::kRead, [&](FsState& fs) {
-    HandleTable::Content content = fs.handles.File(fi->fh);
-    if (!content) {
-      return ReplyStatus(req, fs, Op::kRead, "-",
-                         core::Error(core::Code::kInvalidArgument, "unknown file handle"));
+    core::QuietEpochScope quiet;  // read-only request: one epoch sample
+    Result<NodeKey> key = KeyOf(fs, ino);
+    if (!key.ok()) return ReplyStatus(req, fs, Op::kRead, "-", key.status());
+    if (IsCreateFileKey(*key)) {
+      return ReplyStatus(req, fs, Op::kRead, key->Path(),
+                         core::Error(core::Code::kPermissionDenied,
+                                     "{} is write-only: write a libvirt <volume> XML to it",
+                                     kCreateFileName));
     }
-    const std::string& c = *content;
-    if (off < 0 || size_t(off) >= c.size()) {
+    Status may = fs.tree.Authorize(*key, CallerOf(req));
+    if (!may.ok()) return ReplyStatus(req, fs, Op::kRead, key->Path(), may);
+    std::optional<KernelCache::Version> v = fs.kcache.Current(ino);
+    if (!v) {
+      Result<NodeAttr> attr = Describe(fs, ino, *key);
+      if (!attr.ok()) return ReplyStatus(req, fs, Op::kRead, key->Path(), attr.status());
+      v = fs.kcache.Current(ino);
+    }
+    if (!v || off < 0 || size_t(off) >= v->bytes->size()) {
       fuse_reply_buf(req, nullptr, 0);
       return;
     }
+    const std::string& c = *v->bytes;
     size_t n = std::min(size, c.size() - size_t(off));
-    fuse_reply_buf(req, c.data() + off, n);  // `content` keeps the bytes alive
+    fuse_reply_buf(req, c.data() + off, n);  // `v` keeps the bytes alive
   });
 }
 
 void OpWrite(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
-             struct fuse_file_info* fi) {
+             struct fuse_file_info*) {
   Guarded(req, Op::kWrite, [&](FsState& fs) {
-    if (WriteState::Owns(fi->fh)) {
-      Result<size_t> n = WriteToHandle(fs, fi->fh, std::string_view(buf, size), off);
-      if (!n.ok()) return ReplyWriteStatus(req, n.status());
-      fuse_reply_write(req, *n);
-      return;
-    }
     Result<NodeKey> key = KeyOf(fs, ino);
-    ReplyStatus(req, fs, Op::kWrite, key.ok() ? key->Path() : "-",
-                fs.config.read_only ? core::Error(core::Code::kReadOnly, "mounted read-only")
-                                    : core::Error(core::Code::kPermissionDenied, "read-only file"));
-  });
-}
-
-void OpRelease(fuse_req_t req, fuse_ino_t, struct fuse_file_info* fi) {
-  Guarded(req, Op::kRelease, [&](FsState& fs) {
-    if (WriteState::Owns(fi->fh)) {
-      ReleaseHandle(fs, fi->fh);
-      fuse_reply_err(req, 0);
-      return;
-    }
-    fs.handles.Remove(fi->fh);
-    fuse_reply_err(req, 0);
+    if (!key.ok()) return ReplyStatus(req, fs, Op::kWrite, "-", key.status());
+    ScopedRequestInode current(ino);  // its pages are locked until we reply
+    Result<size_t> n = WriteFile(fs, CallerOf(req), ino, *key, std::string_view(buf, size), off);
+    if (!n.ok()) return ReplyWriteStatus(req, n.status());
+    fuse_reply_write(req, *n);
   });
 }
 
@@ -484,17 +482,11 @@ void OpSymlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* 
     if (!parent_key.ok()) return ReplyStatus(req, fs, Op::kSymlink, name, parent_key.status());
     Result<NodeKey> key = SymlinkOverlay(fs, CallerOf(req), *parent_key, name, link);
     if (!key.ok()) return ReplyWriteStatus(req, key.status());
-    Result<NodeAttr> attr = AttrWithWrites(fs, *key);
-    if (!attr.ok()) return ReplyStatus(req, fs, Op::kSymlink, key->Path(), attr.status());
     // The kernel wants a symlink here; the name is a volume directory from
-    // the next lookup on (zero timeouts).
-    struct fuse_entry_param e {};
-    e.ino = fs.nodes.Ref(*key);
-    e.generation = 1;
-    e.attr = ToStat(e.ino, *attr);
-    e.attr_timeout = 0.0;
-    e.entry_timeout = 0.0;
-    if (fuse_reply_entry(req, &e) != 0) fs.nodes.Forget(e.ino, 1);
+    // the next lookup on (the placeholder has zero timeouts).
+    Result<struct fuse_entry_param> e = EntryFor(fs, *key);
+    if (!e.ok()) return ReplyStatus(req, fs, Op::kSymlink, key->Path(), e.status());
+    if (fuse_reply_entry(req, &*e) != 0) ForgetNode(fs, e->ino, 1);
   });
 }
 
@@ -507,6 +499,10 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
     if (!to.ok()) return ReplyStatus(req, fs, Op::kRename, newname, to.status());
     Status s = RenameVolume(fs, CallerOf(req), *from, name, *to, newname, flags);
     if (!s.ok()) return ReplyWriteStatus(req, s);
+    // The kernel moves its dentry: the inodes under it now name the new volume.
+    if (from->pool != to->pool || std::string(name) != newname) {
+      fs.nodes.Rename(from->pool, name, to->pool, newname);
+    }
     fuse_reply_err(req, 0);
   });
 }
@@ -541,6 +537,8 @@ void OpUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
   });
 }
 
+// open(2) with O_CREAT of a name the kernel has no entry for. Only
+// POOL/.create exists to be opened this way; its content arrives by WRITE.
 void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t,
               struct fuse_file_info* fi) {
   Guarded(req, Op::kCreate, [&](FsState& fs) {
@@ -553,35 +551,17 @@ void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t,
                             "new files cannot be made here; ln -s BACKING POOL/NEW makes an "
                             "overlay and POOL/.create takes a <volume> XML"));
     }
-    Result<uint64_t> fh = OpenForWrite(fs, CallerOf(req), *key, fi->flags | O_WRONLY);
-    if (!fh.ok()) return ReplyWriteStatus(req, fh.status());
-    Result<NodeAttr> attr = AttrWithWrites(fs, *key);
-    if (!attr.ok()) {
-      ReleaseHandle(fs, *fh);
-      return ReplyStatus(req, fs, Op::kCreate, key->Path(), attr.status());
+    Status may = CheckWritable(fs, CallerOf(req), *key);
+    if (!may.ok()) return ReplyWriteStatus(req, may);
+    Result<struct fuse_entry_param> e = EntryFor(fs, *key);
+    if (!e.ok()) return ReplyStatus(req, fs, Op::kCreate, key->Path(), e.status());
+    {
+      ScopedRequestInode current(e->ino);
+      (void)TruncateFile(fs, e->ino, *key, 0);  // a new document starts
     }
-    struct fuse_entry_param e {};
-    e.ino = fs.nodes.Ref(*key);
-    e.generation = 1;
-    e.attr = ToStat(e.ino, *attr);
-    fi->fh = *fh;
+    fi->fh = 0;
     fi->direct_io = 1;
-    if (fuse_reply_create(req, &e, fi) != 0) {
-      fs.nodes.Forget(e.ino, 1);
-      ReleaseHandle(fs, *fh);
-    }
-  });
-}
-
-void OpFlush(fuse_req_t req, fuse_ino_t, struct fuse_file_info* fi) {
-  Guarded(req, Op::kFlush, [&](FsState& fs) {
-    if (!WriteState::Owns(fi->fh)) {
-      fuse_reply_err(req, 0);
-      return;
-    }
-    Status s = FlushHandle(fs, fi->fh);
-    if (!s.ok()) return ReplyWriteStatus(req, s);
-    fuse_reply_err(req, 0);
+    if (fuse_reply_create(req, &*e, fi) != 0) ForgetNode(fs, e->ino, 1);
   });
 }
 
@@ -600,11 +580,9 @@ const struct fuse_lowlevel_ops& MakeOperations() {
     o.opendir = OpOpendir;
     o.readdir = OpReaddir;
     o.readdirplus = OpReaddirplus;
-    o.releasedir = OpReleasedir;
     o.open = OpOpen;
     o.read = OpRead;
     o.write = OpWrite;
-    o.release = OpRelease;
     o.statfs = OpStatfs;
     o.symlink = OpSymlink;
     o.rename = OpRename;
@@ -612,7 +590,8 @@ const struct fuse_lowlevel_ops& MakeOperations() {
     o.mkdir = OpMkdir;
     o.unlink = OpUnlink;
     o.create = OpCreate;
-    o.flush = OpFlush;
+    // No flush: its ENOSYS spares every close(2) a request (values are
+    // applied when written, fs/write_ops.h).
     return o;
   }();
   return ops;

@@ -20,7 +20,7 @@ struct MountOptions {
   bool demo = false;              // --demo
   bool help = false;              // -h, --help
   bool version = false;           // -V, --version
-  double cache_timeout = 0.0;     // -o cache_timeout=SECONDS
+  double cache_timeout = 3600.0;  // -o cache_timeout=SECONDS (MountConfig::kDefaultCacheTimeout)
   std::vector<std::string> fuse_options;  // -o items handed to libfuse
 };
 

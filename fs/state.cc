@@ -52,7 +52,7 @@ std::string FsState::RenderStats() const {
   out += fmt::format("chain_cache_misses {}\n", cs.misses);
   out += fmt::format("chain_cache_entries {}\n", cs.entries);
   out += fmt::format("nodes {}\n", nodes.size());
-  out += fmt::format("open_handles {}\n", handles.size());
+  out += fmt::format("kernel_cached_files {}\n", kcache.size());
   for (int i = 0; i < static_cast<int>(Op::kCount); ++i) {
     out += fmt::format("fuse_{} {}\n", OpName(static_cast<Op>(i)), ops_[i].load());
   }

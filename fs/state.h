@@ -10,7 +10,7 @@
 #include "core/pool/catalog.h"
 #include "fs/chain_cache.h"
 #include "fs/event_log.h"
-#include "fs/handles.h"
+#include "fs/kernel_cache.h"
 #include "fs/node_table.h"
 #include "fs/rebase_jobs.h"
 #include "fs/tree.h"
@@ -24,10 +24,12 @@ namespace chainfs::fs {
 struct MountConfig {
   std::string mountpoint;      // absolute
   bool read_only = false;      // -o ro: every change gives EROFS
-  // Kernel cache lifetime, in seconds, for the nodes that describe images.
-  // 0 (the default) makes every access revalidate; inotify invalidation
-  // keeps larger values correct for changes in watched directories.
-  double cache_timeout = 0.0;
+  // Kernel cache lifetime, in seconds, of the nodes whose images are all
+  // in directories inotify fully reports (others, and the control files,
+  // always get 0: revalidated on every access). inotify invalidation keeps
+  // the kernel's copy current; 0 makes every access revalidate.
+  double cache_timeout = kDefaultCacheTimeout;
+  static constexpr double kDefaultCacheTimeout = 3600.0;
 };
 
 // The FUSE operations counted in .chainfs/stats.
@@ -63,7 +65,7 @@ class FsState {
   EventLog log;
   ChainCache chains;
   NodeTable nodes;
-  HandleTable handles;
+  KernelCache kcache;  // what the kernel may cache, by inode
   WriteState writes;  // open files of the write side, and its change lock
   Tree tree;
   struct fuse_session* session = nullptr;

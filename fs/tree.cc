@@ -67,6 +67,34 @@ size_t ElementsDrawnOn(const std::string& file, size_t chain_size) {
   return std::min<size_t>(1, chain_size);
 }
 
+// The read bits the kernel may enforce on a file that describes the image
+// with stat `own` and draws on the first `count` elements of `chain`: with
+// no open request, the kernel serves cached content to whoever its mode
+// check lets through, so a class of users keeps its r bit only if every
+// user of that class can read every image drawn on. Whether a user belongs
+// to another image's group is not known here, so it counts only when it is
+// the same group; the bits can only narrow the image's own.
+uint32_t SharedReadBits(const core::FileStat& own, const core::Chain& chain, size_t count) {
+  uint32_t bits = own.mode & kReadBits;
+  for (size_t i = 0; i < count && i < chain.elements.size(); ++i) {
+    if (!chain.elements[i].stat) continue;
+    const core::FileStat& s = *chain.elements[i].stat;
+    if (&s == &own) continue;
+    bool everyone = (s.mode & kReadBits) == kReadBits;
+    if (!everyone && !(s.uid == own.uid && (s.mode & S_IRUSR))) bits &= ~uint32_t(S_IRUSR);
+    if (!everyone && !(s.gid == own.gid && (s.mode & S_IRGRP) && (s.mode & S_IRUSR))) {
+      bits &= ~uint32_t(S_IRGRP);
+    }
+    if (!everyone) bits &= ~uint32_t(S_IROTH);
+  }
+  return bits;
+}
+
+// How many elements (from the top) element file or link `index` draws on.
+size_t ElementDrawsOn(int index, size_t chain_size) {
+  return std::min<size_t>(size_t(std::max(index, 0)) + 1, chain_size);
+}
+
 }  // namespace
 
 bool CallerCanRead(const Caller& caller, uint32_t uid, uint32_t gid, uint32_t mode) {
@@ -344,6 +372,7 @@ Result<NodeAttr> Tree::GetAttr(const NodeKey& key) {
       if (!text.ok()) return text.status();
       a.mode = S_IFREG | 0444;
       a.size = text->size();
+      a.content = std::move(text).value();
       return a;
     }
     case NodeKind::kPoolDir:
@@ -357,12 +386,14 @@ Result<NodeAttr> Tree::GetAttr(const NodeKey& key) {
       }
       if (key.kind == NodeKind::kPoolDir) {
         a.mode = S_IFDIR | (mode & 0555);
+        a.watched = chains_.WatchesDir(core::NormalizePathLexically(pool->target_path));
         return a;
       }
       Result<std::string> text = Render(key);
       if (!text.ok()) return text.status();
       a.mode = S_IFREG | (mode & kReadBits);
       a.size = text->size();
+      a.content = std::move(text).value();
       return a;
     }
     case NodeKind::kVolumeDir:
@@ -373,17 +404,34 @@ Result<NodeAttr> Tree::GetAttr(const NodeKey& key) {
       if (!v.ok()) return v.status();
       Result<core::FileStat> st = core::StatPath((*v)->path);
       if (!st.ok()) return st.status();
-      return AttrFromStat(*st, DirModeFor(st->mode));
+      NodeAttr d = AttrFromStat(*st, DirModeFor(st->mode));
+      if (key.kind == NodeKind::kVolumeDir) {
+        d.watched = chains_.WatchesDirOf((*v)->path);
+        return d;
+      }
+      // chain/ lists one directory per element: resolved, unlike the above.
+      auto snap = VolumeChain(key.pool, key.volume);
+      if (!snap.ok()) return snap.status();
+      d.content = std::to_string((*snap)->chain().elements.size());
+      d.chain = *snap;
+      d.watched = (*snap)->watched();
+      return d;
     }
     case NodeKind::kVolumeFile: {
       auto snap = VolumeChain(key.pool, key.volume);
       if (!snap.ok()) return snap.status();
-      const core::FileStat* st = OwnerStat((*snap)->chain(), 0);
+      const core::Chain& chain = (*snap)->chain();
+      const core::FileStat* st = OwnerStat(chain, 0);
       if (st) a = AttrFromStat(*st, 0);
       Result<std::string> text = RenderChainFile(key, **snap);
       if (!text.ok()) return text.status();
-      a.mode = S_IFREG | ((st ? st->mode : 0444) & kReadBits);
+      a.mode = S_IFREG |
+               (st ? SharedReadBits(*st, chain, ElementsDrawnOn(key.file, chain.elements.size()))
+                   : 0444);
       a.size = text->size();
+      a.content = std::move(text).value();
+      a.chain = *snap;
+      a.watched = (*snap)->watched();
       return a;
     }
     case NodeKind::kElementDir:
@@ -396,6 +444,8 @@ Result<NodeAttr> Tree::GetAttr(const NodeKey& key) {
       const core::FileStat* st = OwnerStat(chain, key.index);
       uint32_t mode = st ? st->mode : 0444;
       if (st) a = AttrFromStat(*st, 0);
+      a.chain = *snap;
+      a.watched = (*snap)->watched();
       if (key.kind == NodeKind::kElementDir) {
         a.mode = DirModeFor(mode);
         return a;
@@ -409,8 +459,11 @@ Result<NodeAttr> Tree::GetAttr(const NodeKey& key) {
       }
       Result<std::string> text = RenderChainFile(key, **snap);
       if (!text.ok()) return text.status();
-      a.mode = S_IFREG | (mode & kReadBits);
+      a.mode = S_IFREG |
+               (st ? SharedReadBits(*st, chain, ElementDrawsOn(key.index, chain.elements.size()))
+                   : (mode & kReadBits));
       a.size = text->size();
+      a.content = std::move(text).value();
       return a;
     }
   }
@@ -423,7 +476,7 @@ Status Tree::CheckAccess(const NodeKey& key, const ChainSnapshot& snap, const Ca
   if (key.kind == NodeKind::kVolumeFile) {
     count = ElementsDrawnOn(key.file, chain.elements.size());
   } else if (key.kind == NodeKind::kElementFile || key.kind == NodeKind::kElementLink) {
-    count = std::min<size_t>(size_t(std::max(key.index, 0)) + 1, chain.elements.size());
+    count = ElementDrawsOn(key.index, chain.elements.size());
   }
   for (size_t i = 0; i < count; ++i) {
     const core::ChainElement& e = chain.elements[i];
@@ -444,6 +497,16 @@ Result<std::string> Tree::Read(const NodeKey& key, const Caller& caller) {
     return RenderChainFile(key, **snap);
   }
   return Render(key);
+}
+
+Status Tree::Authorize(const NodeKey& key, const Caller& caller) {
+  if (key.kind != NodeKind::kVolumeFile && key.kind != NodeKind::kElementFile &&
+      key.kind != NodeKind::kElementLink) {
+    return Status::Ok();
+  }
+  auto snap = VolumeChain(key.pool, key.volume);
+  if (!snap.ok()) return snap.status();
+  return CheckAccess(key, **snap, caller);
 }
 
 Result<std::string> Tree::ReadLink(const NodeKey& key, const Caller& caller) {

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,6 +39,15 @@ struct NodeAttr {
   struct timespec atime {};
   struct timespec mtime {};
   struct timespec ctime {};
+  // Regular files: the content, rendered once for the size above (the
+  // mount keeps it per inode, see fs/kernel_cache.h). chain/: a signature of
+  // its listing, which changes when the chain's length does.
+  std::optional<std::string> content;
+  // The chain the node was described from (chain-derived nodes only).
+  std::shared_ptr<const ChainSnapshot> chain;
+  // Every image the node draws on is in a directory whose inotify events
+  // report all its changes, so the kernel may keep the node for long.
+  bool watched = false;
 };
 
 // One directory entry.
@@ -61,6 +71,9 @@ class Tree {
   // Returns the content of file `key` for `caller`; kPermissionDenied when
   // the caller cannot read every image the content draws on (DESIGN 3, Access).
   core::Result<std::string> Read(const NodeKey& key, const Caller& caller);
+  // Checks that `caller` may read file or link `key` (the rule of Read),
+  // without rendering it.
+  core::Status Authorize(const NodeKey& key, const Caller& caller);
   // Returns the target of symlink `key`, with the same access rule.
   core::Result<std::string> ReadLink(const NodeKey& key, const Caller& caller);
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "fs/fuse_api.h"
+#include "fs/kernel_cache.h"
 
 namespace chainfs::fs {
 
@@ -23,7 +24,6 @@ constexpr uint32_t kWatchMask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED
                                 IN_CLOSE_WRITE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF |
                                 IN_ONLYDIR;
 constexpr size_t kMaxExtraDirs = 1024;
-constexpr auto kFlushDelay = std::chrono::milliseconds(5);
 
 std::string DirOf(const std::string& path) {
   size_t slash = path.rfind('/');
@@ -67,8 +67,7 @@ Watcher::Watcher(FsState& state, core::PoolSources sources)
     : state_(state),
       sources_(std::move(sources)),
       signals_(io_),
-      inotify_(io_),
-      flush_timer_(io_) {}
+      inotify_(io_) {}
 
 Watcher::~Watcher() { Stop(); }
 
@@ -285,6 +284,8 @@ void Watcher::DrainEvents() {
     HandleEvents(size_t(n));
   }
   epoch_.fetch_add(1);
+  // At once: until the kernel hears of it, it may serve what changed.
+  Flush();
 }
 
 void Watcher::HandleEvents(size_t length) {
@@ -315,21 +316,27 @@ void Watcher::HandleEvents(size_t length) {
                      IN_MOVE_SELF | IN_ATTRIB)) {
         state_.catalog.Invalidate(pool);
       }
-      if (!name.empty()) pending_entries_.emplace(pool, name);
+      if (!name.empty() && (ev.mask & (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO |
+                                       IN_ATTRIB))) {
+        pending_entries_.emplace(pool, name);
+      }
     }
-    // Any change may alter a chain that runs through this file.
-    pending_all_ = true;
+    if (name.empty() || (ev.mask & (IN_DELETE_SELF | IN_MOVE_SELF))) {
+      pending_all_ = true;  // the directory itself went away or moved
+    } else {
+      // The nodes drawn from this file: its volume's, and those of every
+      // chain that runs through it (KernelCache's index).
+      pending_paths_.insert(it->second.first + "/" + name);
+    }
   }
-  ScheduleFlush();
 }
 
 void Watcher::ScheduleFlush() {
   if (flush_armed_) return;
   flush_armed_ = true;
-  flush_timer_.expires_after(kFlushDelay);
-  flush_timer_.async_wait([this](const boost::system::error_code& ec) {
+  boost::asio::post(io_, [this] {
     flush_armed_ = false;
-    if (!ec) Flush();
+    Flush();
   });
 }
 
@@ -337,6 +344,7 @@ void Watcher::Flush() {
   struct fuse_session* se = state_.session;
   if (!se || exiting_) {
     pending_entries_.clear();
+    pending_paths_.clear();
     pending_all_ = false;
     return;
   }
@@ -350,21 +358,18 @@ void Watcher::Flush() {
     }
   }
   pending_entries_.clear();
-  std::vector<uint64_t> inodes;
-  if (pending_all_) {
-    for (const auto& [ino, key] : state_.nodes.FindByPrefix("")) {
-      if (key.kind != NodeKind::kRoot && key.kind != NodeKind::kControlDir &&
-          key.kind != NodeKind::kControlFile) {
-        inodes.push_back(ino);
-      }
-    }
-    inodes.push_back(kRootIno);
-  }
+  std::vector<std::string> paths(pending_paths_.begin(), pending_paths_.end());
+  pending_paths_.clear();
+  bool all = pending_all_;
   pending_all_ = false;
   for (const auto& [parent, name] : entries) {
     fuse_lowlevel_notify_inval_entry(se, parent, name.c_str(), name.size());
   }
-  for (uint64_t ino : inodes) fuse_lowlevel_notify_inval_inode(se, ino, 0, 0);
+  if (all) {
+    InvalidateKernelAll(state_);
+  } else {
+    InvalidateKernelImages(state_, paths, /*listings=*/true);
+  }
 }
 
 }  // namespace chainfs::fs

@@ -7,7 +7,6 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/signal_set.hpp>
-#include <boost/asio/steady_timer.hpp>
 
 #include <array>
 #include <atomic>
@@ -77,7 +76,6 @@ class Watcher : public core::ChangeMonitor {
   boost::asio::io_context io_;
   boost::asio::signal_set signals_;
   boost::asio::posix::stream_descriptor inotify_;
-  boost::asio::steady_timer flush_timer_;
   std::thread thread_;
   bool started_ = false;
   alignas(8) std::array<char, 64 * 1024> buf_{};
@@ -85,6 +83,7 @@ class Watcher : public core::ChangeMonitor {
   // Asio-thread state.
   std::map<int, std::pair<std::string, std::string>> watches_;  // wd -> (dir, pool or "")
   std::set<std::pair<std::string, std::string>> pending_entries_;  // (pool, name)
+  std::set<std::string> pending_paths_;  // files that changed (dir/name)
   bool pending_all_ = false;
   bool flush_armed_ = false;
   bool exiting_ = false;

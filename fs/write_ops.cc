@@ -23,6 +23,7 @@
 #include "core/write/retarget.h"
 #include "core/write/volume_xml_parse.h"
 #include "fs/errno_map.h"
+#include "fs/kernel_cache.h"
 #include "fs/state.h"
 
 namespace chainfs::fs {
@@ -99,11 +100,14 @@ std::vector<std::string> AllVolumePaths(FsState& fs) {
 // their pool folders (Tree::InvalidateImage). Timestamps are coarse, so
 // revalidation by (size, mtime, ctime) alone could miss a header rewritten
 // in the same tick: the inspector's parsed headers go too when headers were
-// rewritten. The kernel's caches follow from the pool directories' inotify
-// events (the watcher thread), never from here.
+// rewritten. Then the kernel drops its pages and attributes of every node
+// drawn from them before the change is answered, so the next access
+// through the mount sees it (entries follow from the watcher's inotify
+// events and the kernel's own bookkeeping of the request).
 void AfterChange(FsState& fs, const std::vector<std::string>& paths, bool headers_rewritten) {
   if (headers_rewritten) fs.inspector.Clear();
   for (const std::string& path : paths) fs.tree.InvalidateImage(path);
+  InvalidateKernelImages(fs, paths, /*listings=*/true);
 }
 
 Status CheckCallerReads(const Caller& caller, const std::string& path) {
@@ -459,6 +463,10 @@ Status ApplyCreate(FsState& fs, const Caller& caller, const NodeKey& key, std::s
 }
 
 // Returns true when `buf` holds a whole XML document (then it is acted on).
+// A write shorter than this that leaves a .create document incomplete ends
+// it: tools write in blocks of 4 KiB or more until their last write.
+constexpr size_t kShortWrite = 4096;
+
 bool XmlComplete(const std::string& buf) {
   if (IsBlank(buf)) return false;
   pugi::xml_document doc;
@@ -495,37 +503,6 @@ bool CallerCanWrite(const Caller& caller, uint32_t uid, uint32_t gid, uint32_t m
                   std::find(caller.groups.begin(), caller.groups.end(), gid) != caller.groups.end();
   if (in_group) return (mode & S_IWGRP) != 0;
   return (mode & S_IWOTH) != 0;
-}
-
-uint64_t WriteState::Add(const NodeKey& key, const Caller& caller, bool truncated) {
-  auto h = std::make_shared<Handle>();
-  h->key = key;
-  h->caller = caller;
-  h->truncated = truncated;
-  std::lock_guard<std::mutex> lock(mu_);
-  uint64_t fh = kHandleBit | next_++;
-  handles_.emplace(fh, std::move(h));
-  return fh;
-}
-
-std::shared_ptr<WriteState::Handle> WriteState::Get(uint64_t fh) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = handles_.find(fh);
-  return it == handles_.end() ? nullptr : it->second;
-}
-
-std::shared_ptr<WriteState::Handle> WriteState::Remove(uint64_t fh) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = handles_.find(fh);
-  if (it == handles_.end()) return nullptr;
-  std::shared_ptr<Handle> h = std::move(it->second);
-  handles_.erase(it);
-  return h;
-}
-
-size_t WriteState::size() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return handles_.size();
 }
 
 Result<NodeAttr> AttrWithWrites(FsState& fs, const NodeKey& key) {
@@ -572,17 +549,11 @@ std::optional<NodeKey> LookupWriteNode(const NodeKey& parent, const std::string&
   return std::nullopt;
 }
 
-Result<uint64_t> OpenForWrite(FsState& fs, const Caller& caller, const NodeKey& key, int flags) {
-  auto refuse = [&](Status s) -> Result<uint64_t> {
-    return Logged(fs, "open", key.Path(), std::move(s), "");
-  };
+Status CheckWritable(FsState& fs, const Caller& caller, const NodeKey& key) {
+  const char* op = IsCreateFileKey(key) ? "create" : "write";
+  auto refuse = [&](Status s) { return Logged(fs, op, key.Path(), std::move(s), ""); };
   if (fs.config.read_only) return refuse(ReadOnly());
   if (!IsWritableFile(key)) return refuse(Error(Code::kPermissionDenied, "read-only file"));
-  bool writes = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
-  if (!writes) {
-    return refuse(Error(Code::kPermissionDenied,
-                        "{} is write-only: write a libvirt <volume> XML to it", kCreateFileName));
-  }
   if (IsCreateFileKey(key)) {
     Result<core::PoolDef> pool = BrowsablePool(fs, key.pool);
     if (!pool.ok()) return refuse(pool.status());
@@ -596,7 +567,7 @@ Result<uint64_t> OpenForWrite(FsState& fs, const Caller& caller, const NodeKey& 
     Status may = CheckCallerWrites(caller, v->stat, v->path);
     if (!may.ok()) return refuse(may);
   }
-  return fs.writes.Add(key, caller, (flags & O_TRUNC) != 0);
+  return Status::Ok();
 }
 
 Status ApplyValue(FsState& fs, const Caller& caller, const NodeKey& key, std::string_view value) {
@@ -626,78 +597,50 @@ Status ApplyValue(FsState& fs, const Caller& caller, const NodeKey& key, std::st
   return Logged(fs, op, key.Path(), Error(Code::kPermissionDenied, "read-only file"), "");
 }
 
-Result<size_t> WriteToHandle(FsState& fs, uint64_t fh, std::string_view data, off_t offset) {
-  std::shared_ptr<WriteState::Handle> h = fs.writes.Get(fh);
-  if (!h) return Status(Code::kIo, "unknown write handle", EBADF);
-  std::optional<std::string> value;
-  {
-    std::lock_guard<std::mutex> lock(h->mu);
-    if (offset < 0 || uint64_t(offset) < h->base) {
-      return Logged(fs, "write", h->key.Path(),
-                    Error(Code::kInvalidArgument,
-                          "a value written earlier was already applied; write the whole value "
-                          "again from the start"),
-                    "");
-    }
-    uint64_t rel = uint64_t(offset) - h->base;
-    if (rel > kMaxWriteBytes || data.size() > kMaxWriteBytes - rel) {
-      return Logged(fs, "write", h->key.Path(),
-                    Status(Code::kIo, fmt::format("more than {} bytes", kMaxWriteBytes), EFBIG),
-                    "");
-    }
-    if (h->buf.size() < rel + data.size()) h->buf.resize(rel + data.size(), '\0');
-    std::memcpy(h->buf.data() + rel, data.data(), data.size());
-    h->dirty = true;
-    h->wrote = true;
-    bool complete =
-        IsCreateFileKey(h->key) ? XmlComplete(h->buf) : (!h->buf.empty() && h->buf.back() == '\n');
-    if (complete) {
-      value = std::move(h->buf);
-      h->base += value->size();
-      h->buf.clear();
-      h->dirty = false;
-    }
+Result<size_t> WriteFile(FsState& fs, const Caller& caller, uint64_t ino, const NodeKey& key,
+                         std::string_view data, off_t offset) {
+  CHAINFS_RETURN_IF_ERROR(CheckWritable(fs, caller, key));
+  const char* op = IsCreateFileKey(key) ? "create" : "write";
+  if (offset < 0 || uint64_t(offset) > kMaxWriteBytes || data.size() > kMaxWriteBytes) {
+    return Logged(fs, op, key.Path(),
+                  Status(Code::kIo, fmt::format("more than {} bytes", kMaxWriteBytes), EFBIG), "");
   }
-  if (value) {
-    Status s = ApplyValue(fs, h->caller, h->key, *value);
+  if (!IsCreateFileKey(key)) {
+    Status s = ApplyValue(fs, caller, key, data);
+    if (!s.ok()) return s;
+    return data.size();
+  }
+  // .create: collect the document until it is complete.
+  Result<std::optional<std::string>> value =
+      fs.writes.WithPending(ino, [&](WriteState::Pending& p) -> Result<std::optional<std::string>> {
+        if (offset == 0) p.buf.clear();
+        if (uint64_t(offset) != p.buf.size()) {
+          p.buf.clear();
+          return Error(Code::kInvalidArgument,
+                       "a document is written in order from its start (offset {} after {} bytes)",
+                       offset, p.buf.size());
+        }
+        if (p.buf.size() + data.size() > kMaxWriteBytes) {
+          p.buf.clear();
+          return Status(Code::kIo, fmt::format("more than {} bytes", kMaxWriteBytes), EFBIG);
+        }
+        p.buf.append(data);
+        if (XmlComplete(p.buf) || data.size() < kShortWrite) {
+          std::string doc = std::move(p.buf);
+          p.buf.clear();
+          return std::optional<std::string>(std::move(doc));
+        }
+        return std::optional<std::string>();
+      });
+  if (!value.ok()) return Logged(fs, op, key.Path(), value.status(), "");
+  if (*value && !IsBlank(**value)) {
+    Status s = ApplyValue(fs, caller, key, **value);
     if (!s.ok()) return s;
   }
   return data.size();
 }
 
-Status FlushHandle(FsState& fs, uint64_t fh) {
-  std::shared_ptr<WriteState::Handle> h = fs.writes.Get(fh);
-  if (!h) return Status::Ok();
-  std::string value;
-  {
-    std::lock_guard<std::mutex> lock(h->mu);
-    if (!h->dirty) return Status::Ok();
-    value = std::move(h->buf);
-    h->base += value.size();
-    h->buf.clear();
-    h->dirty = false;
-  }
-  if (IsCreateFileKey(h->key) && IsBlank(value)) return Status::Ok();
-  return ApplyValue(fs, h->caller, h->key, value);
-}
-
-void ReleaseHandle(FsState& fs, uint64_t fh) {
-  FlushHandle(fs, fh);  // logged there
-  std::shared_ptr<WriteState::Handle> h = fs.writes.Remove(fh);
-  if (!h) return;
-  std::lock_guard<std::mutex> lock(h->mu);
-  if (h->truncated && !h->wrote && !IsCreateFileKey(h->key) && !fs.config.read_only) {
-    Logged(fs, "write", h->key.Path(),
-           Error(Code::kInvalidArgument, "{}",
-                 h->key.file == kRebaseFileName
-                     ? "nothing was written: write a backing path, or an empty line to flatten"
-                     : "nothing was written: an empty value is refused (use VOL/rebase to drop "
-                       "a backing file)"),
-           "");
-  }
-}
-
-Status TruncateWritable(FsState& fs, const NodeKey& key, uint64_t fh, uint64_t size) {
+Status TruncateFile(FsState& fs, uint64_t ino, const NodeKey& key, uint64_t size) {
   if (fs.config.read_only) return Logged(fs, "setattr", key.Path(), ReadOnly(), "");
   if (!IsWritableFile(key)) {
     return Logged(fs, "setattr", key.Path(), Error(Code::kPermissionDenied, "read-only file"), "");
@@ -706,22 +649,8 @@ Status TruncateWritable(FsState& fs, const NodeKey& key, uint64_t fh, uint64_t s
     return Logged(fs, "setattr", key.Path(),
                   Error(Code::kInvalidArgument, "only truncation to 0 bytes is meaningful"), "");
   }
-  if (fh != 0 && WriteState::Owns(fh)) {
-    if (std::shared_ptr<WriteState::Handle> h = fs.writes.Get(fh)) {
-      std::lock_guard<std::mutex> lock(h->mu);
-      h->buf.clear();
-      h->base = 0;
-      h->dirty = false;
-      h->truncated = true;
-      return Status::Ok();
-    }
-  }
-  if (IsCreateFileKey(key)) return Status::Ok();
-  return Logged(fs, "setattr", key.Path(),
-                Error(Code::kInvalidArgument,
-                      "truncating alone would record an empty value; write the new value "
-                      "(echo VALUE > FILE), or use VOL/rebase to drop a backing file"),
-                "");
+  if (IsCreateFileKey(key)) fs.writes.Drop(ino);
+  return Status::Ok();
 }
 
 Result<NodeKey> SymlinkOverlay(FsState& fs, const Caller& caller, const NodeKey& parent,

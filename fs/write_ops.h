@@ -13,15 +13,19 @@
 // directories, never from a request handler.
 //
 // Writable virtual files: VOL/backing, VOL/backing_format, VOL/rebase (whose
-// value starts a background job, fs/rebase_jobs.h) and the write-only
-// POOL/.create. Their bytes are collected per open handle. A value is
-// applied as soon as it is complete (a line ending in "\n" for backing and
-// backing_format; a well-formed XML document for .create), so the write(2)
-// that completes it gets the errno -- this is what reaches `echo`, a shell
-// builtin whose own close of the redirection is silent. Whatever is still
-// pending is applied at flush (close(2)), whose errno reaches tools that check
-// close, such as cat; what is still pending at release is applied and only
-// logged.
+// value starts a background rebase, fs/rebase_jobs.h) and the write-only
+// POOL/.create. The mount has no open handles (the kernel opens files
+// itself, see fs/kernel_cache.h), so a value is applied by the write(2)
+// that carries it, and that write gets the errno -- which is what reaches
+// `echo` and every other writer:
+//  - backing, backing_format, rebase: each write(2) is one value, as in
+//    sysfs; one trailing newline is stripped.
+//  - .create: a document may take several writes (at increasing offsets; a
+//    write at offset 0 starts a new one). It is applied by the write that
+//    completes it, or by a short write (under 4 KiB: the last one a tool
+//    makes) after which it is still not well-formed, which then fails with
+//    the parser's reason.
+// Truncation (O_TRUNC) is accepted and changes nothing.
 #pragma once
 
 #include <sys/types.h>
@@ -63,46 +67,34 @@ bool IsWritableFile(const NodeKey& key);
 // zero timeout, so the next lookup finds the directory.
 bool IsPendingLinkKey(const NodeKey& key);
 
-// Open files of the writable virtual files, and the lock that serialises the
-// mount's changes. Thread-safe. Lock order: change_mu_, then mu_, then a
-// handle's mu; no lock is held while replying to the kernel.
+// Documents being written to POOL/.create, and the lock that serialises
+// the mount's changes. Thread-safe. Lock order: change_mu_, then mu_; no
+// lock is held while replying to the kernel.
 class WriteState {
  public:
-  // Handle numbers have this bit set, so they never collide with the read
-  // side's HandleTable numbers.
-  static constexpr uint64_t kHandleBit = uint64_t{1} << 62;
-  // Returns true if `fh` was handed out by this table.
-  static bool Owns(uint64_t fh) { return (fh & kHandleBit) != 0; }
-
-  // One open file.
-  struct Handle {
-    NodeKey key;
-    Caller caller;           // who opened it: changes are made on their behalf
-    std::mutex mu;           // guards the fields below
-    std::string buf;         // bytes written since the last apply
-    uint64_t base = 0;       // file offset of buf[0]
-    bool dirty = false;      // buf holds bytes not yet applied
-    bool truncated = false;  // opened with O_TRUNC
-    bool wrote = false;      // received at least one write
+  // The document being written to a .create file.
+  struct Pending {
+    std::string buf;
   };
-
-  // Stores a new handle; returns its number.
-  uint64_t Add(const NodeKey& key, const Caller& caller, bool truncated);
-  // Returns the handle, or null if unknown.
-  std::shared_ptr<Handle> Get(uint64_t fh) const;
-  // Forgets a handle and returns it (null if unknown).
-  std::shared_ptr<Handle> Remove(uint64_t fh);
-  // Returns how many handles are open.
-  size_t size() const;
+  // Runs `fn(pending)` on the document of inode `ino` under the lock.
+  template <typename Fn>
+  auto WithPending(uint64_t ino, Fn&& fn) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return fn(pending_[ino]);
+  }
+  // Forgets the document of `ino`.
+  void Drop(uint64_t ino) {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_.erase(ino);
+  }
 
   // Serialises changes made through the mount (see top of file).
   std::mutex& change_mu() { return change_mu_; }
 
  private:
   std::mutex change_mu_;
-  mutable std::mutex mu_;
-  uint64_t next_ = 1;                                              // guarded by mu_
-  std::unordered_map<uint64_t, std::shared_ptr<Handle>> handles_;  // guarded by mu_
+  std::mutex mu_;
+  std::unordered_map<uint64_t, Pending> pending_;  // guarded by mu_
 };
 
 // Returns the attributes of `key` as the mount shows them: the read side's
@@ -116,21 +108,19 @@ core::Result<NodeAttr> AttrWithWrites(FsState& fs, const NodeKey& key);
 // (POOL/.create); nullopt to let the read side look it up.
 std::optional<NodeKey> LookupWriteNode(const NodeKey& parent, const std::string& name);
 
-// Opens a writable file for writing (`flags` as open(2) gives them).
-// EROFS/EACCES/ENOENT as statuses. Returns the handle number.
-core::Result<uint64_t> OpenForWrite(FsState& fs, const Caller& caller, const NodeKey& key,
-                                    int flags);
-// Stores `data` written at `offset` into handle `fh`, then applies a value
-// that is now complete. Returns the count of bytes taken; an apply error is
-// returned (and logged) here, and the value is consumed.
-core::Result<size_t> WriteToHandle(FsState& fs, uint64_t fh, std::string_view data, off_t offset);
-// Applies what handle `fh` still holds (close(2) of one descriptor).
-core::Status FlushHandle(FsState& fs, uint64_t fh);
-// Applies what is still pending and forgets the handle (errors are logged).
-void ReleaseHandle(FsState& fs, uint64_t fh);
-// Truncates a writable file to `size` (only 0 is meaningful: it empties
-// the handle's buffer). `fh` is 0 when the truncation has no open file.
-core::Status TruncateWritable(FsState& fs, const NodeKey& key, uint64_t fh, uint64_t size);
+// Checks that `caller` may write file `key` at all: EROFS on a read-only
+// mount, EACCES for the files that take no writes and for callers who may
+// not change the image (or, for .create, the pool folder). Logged.
+core::Status CheckWritable(FsState& fs, const Caller& caller, const NodeKey& key);
+// Takes `data` written at `offset` to file `key` (inode `ino`) and applies
+// the value it carries or completes (see top of file). Returns the count of
+// bytes taken; a refusal is returned (and logged) here.
+core::Result<size_t> WriteFile(FsState& fs, const Caller& caller, uint64_t ino,
+                               const NodeKey& key, std::string_view data, off_t offset);
+// Truncation of file `key` (open with O_TRUNC, truncate(2)): to 0 it starts
+// a new .create document and is otherwise accepted without effect; other
+// sizes are EINVAL, read-only files EACCES, a read-only mount EROFS.
+core::Status TruncateFile(FsState& fs, uint64_t ino, const NodeKey& key, uint64_t size);
 
 // `ln -s TARGET POOL/NAME`: creates NAME as a qcow2 v3 overlay of TARGET (a
 // volume of the same pool, ../POOL2/VOL, a path inside the mount, or an

@@ -1,5 +1,6 @@
-// Unit tests of the FUSE-free parts of fs/: options, node table, access
-// rule, errno mapping, the event log and the demo's qcow2 helper.
+// Unit tests of the FUSE-free parts of fs/: options, node table, kernel
+// cache bookkeeping, access rule, errno mapping, the event log and the
+// demo's qcow2 helper.
 #include <sys/stat.h>
 
 #include <gtest/gtest.h>
@@ -10,6 +11,7 @@
 #include "fs/demo.h"
 #include "fs/errno_map.h"
 #include "fs/event_log.h"
+#include "fs/kernel_cache.h"
 #include "fs/node_table.h"
 #include "fs/options.h"
 #include "fs/tree.h"
@@ -78,6 +80,73 @@ TEST(NodeTable, FindsNodesOfOneVolumeByPrefix) {
   table.Ref(NodeKey(NodeKind::kVolumeDir, "q", "v"));
   EXPECT_EQ(table.FindByPrefix(EncodePrefix("p", "v")).size(), 2u);
   EXPECT_EQ(table.FindByPrefix(EncodePrefix("p")).size(), 3u);
+}
+
+TEST(NodeTable, RenameMovesTheKernelsInodesToTheNewName) {
+  NodeTable table;
+  uint64_t dir = table.Ref(NodeKey(NodeKind::kVolumeDir, "p", "a"));
+  uint64_t file = table.Ref(NodeKey(NodeKind::kElementFile, "p", "a", 1, "format"));
+  uint64_t other = table.Ref(NodeKey(NodeKind::kVolumeDir, "p", "ab"));
+  uint64_t stale = table.Ref(NodeKey(NodeKind::kVolumeDir, "q", "b"));  // a removed volume
+  table.Rename("p", "a", "q", "b");
+  EXPECT_EQ(table.Get(dir), NodeKey(NodeKind::kVolumeDir, "q", "b"));
+  EXPECT_EQ(table.Get(file), NodeKey(NodeKind::kElementFile, "q", "b", 1, "format"));
+  EXPECT_EQ(table.Get(other), NodeKey(NodeKind::kVolumeDir, "p", "ab")) << "a longer name is another volume";
+  EXPECT_EQ(table.Find(NodeKey(NodeKind::kVolumeDir, "q", "b")), dir);
+  EXPECT_FALSE(table.Find(NodeKey(NodeKind::kVolumeDir, "p", "a")));
+  ASSERT_TRUE(table.Get(stale));
+  EXPECT_NE(table.Get(stale)->pool, "q") << "the old node of that name is retired";
+  EXPECT_EQ(table.FindByPrefix(EncodePrefix("q", "b")).size(), 2u);
+  EXPECT_TRUE(table.Forget(file, 1));
+  EXPECT_FALSE(table.Get(file));
+}
+
+TEST(KernelCache, VersionTimeChangesExactlyWhenTheContentDoes) {
+  KernelCache cache;
+  struct timespec natural {1000, 5};
+  KernelCache::Version a = cache.Update(42, "qcow2\n", natural);
+  EXPECT_EQ(a.mtime.tv_sec, 1000);
+  EXPECT_EQ(a.mtime.tv_nsec, 5);
+  KernelCache::Version same = cache.Update(42, "qcow2\n", natural);
+  EXPECT_EQ(same.mtime.tv_sec, a.mtime.tv_sec);
+  EXPECT_EQ(same.mtime.tv_nsec, a.mtime.tv_nsec);
+  KernelCache::Version changed = cache.Update(42, "raw\n", natural);
+  EXPECT_EQ(*changed.bytes, "raw\n");
+  EXPECT_TRUE(changed.mtime.tv_sec > a.mtime.tv_sec ||
+              (changed.mtime.tv_sec == a.mtime.tv_sec && changed.mtime.tv_nsec > a.mtime.tv_nsec));
+  KernelCache::Version again = cache.Update(42, "qcow2\n", natural);
+  EXPECT_TRUE(again.mtime.tv_sec > changed.mtime.tv_sec ||
+              (again.mtime.tv_sec == changed.mtime.tv_sec &&
+               again.mtime.tv_nsec > changed.mtime.tv_nsec))
+      << "back to an earlier content is still a change";
+  ASSERT_TRUE(cache.Current(42));
+  EXPECT_EQ(*cache.Current(42)->bytes, "qcow2\n");
+  cache.Forget(42);
+  EXPECT_FALSE(cache.Current(42));
+  EXPECT_EQ(cache.size(), 0u);
+}
+
+TEST(KernelCache, IndexesVolumesByTheImagesOfTheirChains) {
+  KernelCache cache;
+  int calls = 0;
+  auto chain = [&](std::vector<std::string> paths) {
+    return [&calls, paths] {
+      ++calls;
+      return paths;
+    };
+  };
+  int snap1 = 0, snap2 = 0;
+  cache.RecordChain("p/top/", &snap1, chain({"/pool/top", "/pool/mid", "/base/b.raw"}));
+  cache.RecordChain("p/mid/", &snap1 + 1, chain({"/pool/mid", "/base/b.raw"}));
+  cache.RecordChain("p/top/", &snap1, chain({"/pool/top", "/pool/mid", "/base/b.raw"}));
+  EXPECT_EQ(calls, 2) << "the same chain again is not recomputed";
+  auto users = cache.VolumesUsing("/base/b.raw");
+  std::sort(users.begin(), users.end());
+  EXPECT_EQ(users, (std::vector<std::string>{"p/mid/", "p/top/"}));
+  // top was retargeted: it no longer runs through mid.
+  cache.RecordChain("p/top/", &snap2, chain({"/pool/top", "/base/b.raw"}));
+  EXPECT_EQ(cache.VolumesUsing("/pool/mid"), std::vector<std::string>{"p/mid/"});
+  EXPECT_TRUE(cache.VolumesUsing("/pool/none").empty());
 }
 
 TEST(NodeKey, PathsNameTheTree) {

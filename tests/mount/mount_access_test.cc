@@ -61,6 +61,12 @@ TEST_F(AccessTest, ChainDocumentsNeedEveryElementReadable) {
   ASSERT_EQ(::chmod(P("hidden.raw").c_str(), 0600), 0);
   ASSERT_EQ(::chmod(P("visible.qcow2").c_str(), 0644), 0);
   ASSERT_TRUE(MountPool({"-o", "allow_other"}));
+  // root reads everything first: the kernel then holds every page, and
+  // serves later reads without asking the daemon.
+  for (const char* f : {"backing", "info", "info.json", "disk.xml", "volume.xml", "problems",
+                        "chain/0/format", "chain/1/format", "chain/1/capacity"}) {
+    ReadFile(M(std::string("p/visible.qcow2/") + f));
+  }
   // The overlay's own header is readable...
   testutil::RunResult own = CatAsNobody(M("p/visible.qcow2/backing"));
   EXPECT_EQ(own.exit_code, 0) << own.err;
@@ -77,7 +83,11 @@ TEST_F(AccessTest, ChainDocumentsNeedEveryElementReadable) {
                                             "--clear-groups", "readlink",
                                             M("p/visible.qcow2/chain/1/volume")});
   EXPECT_NE(link.exit_code, 0);
-  EXPECT_NE(ReadFile(M(".chainfs/log")).find("EACCES"), std::string::npos);
+  // The kernel enforces this from the modes: only the users who can read
+  // every image a file draws on keep its read bits.
+  EXPECT_EQ(testutil::Run({"stat", "-c", "%a", M("p/visible.qcow2/format")}).out, "444\n");
+  EXPECT_EQ(testutil::Run({"stat", "-c", "%a", M("p/visible.qcow2/info")}).out, "400\n");
+  EXPECT_EQ(testutil::Run({"stat", "-c", "%a", M("p/visible.qcow2/chain/1/format")}).out, "400\n");
 }
 
 TEST_F(AccessTest, SupplementaryGroupsGrantGroupReadableImages) {

@@ -9,6 +9,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include <cerrno>
 #include <chrono>
 #include <fstream>
@@ -74,9 +76,18 @@ TEST_F(MountTest, ExternalUnmountEndsTheDaemon) {
 TEST_F(MountTest, ReadOnlyMountRefusesWritesWithErofs) {
   MakeChain();
   ASSERT_TRUE(MountPool({"-o", "ro"}));
-  int fd = ::open(M("p/top.qcow2/backing").c_str(), O_WRONLY);
+  // A shell redirection (O_TRUNC) is refused by open(2) itself...
+  int fd = ::open(M("p/top.qcow2/backing").c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
   int saved = errno;
+  if (fd >= 0) ::close(fd);
   EXPECT_EQ(fd, -1);
+  EXPECT_EQ(saved, EROFS);
+  // ...and without it, by write(2) (the kernel opens files itself).
+  fd = ::open(M("p/top.qcow2/backing").c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  EXPECT_EQ(::write(fd, "base.raw\n", 9), -1);
+  saved = errno;
+  ::close(fd);
   EXPECT_EQ(saved, EROFS);
   EXPECT_NE(::mkdir(M("p/newdir").c_str(), 0755), 0);
   EXPECT_EQ(errno, EROFS);
@@ -86,11 +97,20 @@ TEST_F(MountTest, ReadOnlyMountRefusesWritesWithErofs) {
 TEST_F(MountTest, ReadWriteMountStillRefusesWritingVirtualFiles) {
   MakeChain();
   ASSERT_TRUE(MountPool());
-  int fd = ::open(M("p/top.qcow2/capacity").c_str(), O_WRONLY);
+  int fd = ::open(M("p/top.qcow2/capacity").c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
   int saved = errno;
   if (fd >= 0) ::close(fd);
   EXPECT_EQ(fd, -1);
   EXPECT_EQ(saved, EACCES);
+  // root may open it for writing (the kernel opens files itself), but no
+  // write gets through.
+  fd = ::open(M("p/top.qcow2/capacity").c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  EXPECT_EQ(::write(fd, "1\n", 2), -1);
+  saved = errno;
+  ::close(fd);
+  EXPECT_EQ(saved, EACCES);
+  ExpectLogged("write", "/p/top.qcow2/capacity", "EACCES", "read-only file");
   EXPECT_EQ(ReadFile(M("p/top.qcow2/capacity")), "67108864\n");
 }
 
@@ -101,17 +121,18 @@ TEST_F(MountTest, ControlFilesReportVersionStatsAndLog) {
   for (int i = 0; i < 3; ++i) ReadFile(M("p/top.qcow2/info"));
   std::string stats = ReadFile(M(".chainfs/stats"));
   for (const char* key : {"inspector_cache_hits ", "inspector_cache_misses ", "probes ",
-                          "chain_cache_hits ", "fuse_lookup ", "fuse_open ", "fuse_read ",
-                          "errors "}) {
+                          "chain_cache_hits ", "fuse_lookup ", "fuse_read ",
+                          "kernel_cached_files ", "errors "}) {
     EXPECT_NE(("\n" + stats).find(std::string("\n") + key), std::string::npos) << key << " in\n" << stats;
   }
-  EXPECT_EQ(stats.find("fuse_open 0\n"), std::string::npos) << stats;
+  EXPECT_EQ(stats.find("fuse_read 0\n"), std::string::npos) << stats;
+  EXPECT_EQ(stats.find("kernel_cached_files 0\n"), std::string::npos) << stats;
   std::string log = ReadFile(M(".chainfs/log"));
   EXPECT_NE(log.find(" mount " + mnt_ + " ok "), std::string::npos) << log;
   // A refused operation is logged with its errno and reason.
-  ::open(M("p/top.qcow2/format").c_str(), O_WRONLY);
+  EXPECT_EQ(WriteValue(M("p/top.qcow2/format"), "raw\n"), EACCES);
   log = ReadFile(M(".chainfs/log"));
-  EXPECT_NE(log.find(" open /p/top.qcow2/format EACCES "), std::string::npos) << log;
+  EXPECT_NE(log.find(" setattr /p/top.qcow2/format EACCES read-only file"), std::string::npos) << log;
 }
 
 TEST_F(MountTest, PoolDirDefinitionsReloadOnSighup) {

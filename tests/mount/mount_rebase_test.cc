@@ -293,7 +293,7 @@ TEST_F(MountRebaseTest, ReadOnlyMountRefusesRebaseWithErofs) {
   ASSERT_TRUE(MountPool({"-o", "ro"}));
   auto before = testutil::DirectoryFingerprint(pool_);
   EXPECT_EQ(WriteValue(M("p/top.qcow2/rebase"), "base2.qcow2\n"), EROFS);
-  ExpectLogged("open", "/p/top.qcow2/rebase", "EROFS", "read-only");
+  ExpectLogged("setattr", "/p/top.qcow2/rebase", "EROFS", "read-only");
   EXPECT_EQ(WriteValue(M("p/top.qcow2/rebase"), "\n"), EROFS);
   EXPECT_EQ(ReadFile(M("p/top.qcow2/rebase")), "");
   EXPECT_EQ(testutil::DirectoryFingerprint(pool_), before);

@@ -1,0 +1,167 @@
+#include "fs/kernel_cache.h"
+
+#include <algorithm>
+
+#include "core/pool/catalog.h"
+#include "fs/fuse_api.h"
+#include "fs/state.h"
+
+namespace chainfs::fs {
+
+namespace {
+
+thread_local uint64_t request_ino = 0;
+
+bool Later(const struct timespec& a, const struct timespec& b) {
+  return a.tv_sec != b.tv_sec ? a.tv_sec > b.tv_sec : a.tv_nsec > b.tv_nsec;
+}
+
+struct timespec PlusOneNs(struct timespec t) {
+  if (++t.tv_nsec >= 1000000000L) {
+    t.tv_nsec = 0;
+    ++t.tv_sec;
+  }
+  return t;
+}
+
+// Sends the inode invalidations, attributes only for the current request's.
+void Notify(struct fuse_session* se, const std::vector<uint64_t>& inodes) {
+  for (uint64_t ino : inodes) {
+    fuse_lowlevel_notify_inval_inode(se, ino, ino == request_ino ? -1 : 0, 0);
+  }
+}
+
+}  // namespace
+
+struct timespec KernelCache::NextTime(const struct timespec& after) {
+  struct timespec now {};
+  clock_gettime(CLOCK_REALTIME, &now);
+  struct timespec t = now;
+  if (!Later(t, last_)) t = PlusOneNs(last_);
+  if (!Later(t, after)) t = PlusOneNs(after);
+  last_ = t;
+  return t;
+}
+
+KernelCache::Version KernelCache::Update(uint64_t ino, std::string content,
+                                         struct timespec natural) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = versions_.find(ino);
+  if (it != versions_.end()) {
+    if (*it->second.bytes == content) return it->second;
+    it->second.bytes = std::make_shared<const std::string>(std::move(content));
+    it->second.mtime = NextTime(Later(natural, it->second.mtime) ? natural : it->second.mtime);
+    return it->second;
+  }
+  Version v;
+  v.bytes = std::make_shared<const std::string>(std::move(content));
+  v.mtime = natural;
+  versions_.emplace(ino, v);
+  return v;
+}
+
+std::optional<KernelCache::Version> KernelCache::Current(uint64_t ino) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = versions_.find(ino);
+  if (it == versions_.end()) return std::nullopt;
+  return it->second;
+}
+
+void KernelCache::Forget(uint64_t ino) {
+  std::shared_ptr<const std::vector<DirEntry>> listing;  // freed after unlock
+  std::lock_guard<std::mutex> lock(mu_);
+  versions_.erase(ino);
+  auto it = listings_.find(ino);
+  if (it != listings_.end()) {
+    listing = std::move(it->second);
+    listings_.erase(it);
+  }
+}
+
+void KernelCache::SetListing(uint64_t ino, std::shared_ptr<const std::vector<DirEntry>> listing) {
+  std::lock_guard<std::mutex> lock(mu_);
+  listings_[ino].swap(listing);
+}
+
+std::shared_ptr<const std::vector<DirEntry>> KernelCache::Listing(uint64_t ino) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = listings_.find(ino);
+  return it == listings_.end() ? nullptr : it->second;
+}
+
+void KernelCache::RecordChain(const std::string& volume_prefix, const void* snapshot,
+                              const std::function<std::vector<std::string>()>& paths) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Recorded& r = chains_[volume_prefix];
+  if (r.snapshot == snapshot && snapshot != nullptr) return;
+  for (const std::string& p : r.paths) {
+    auto u = users_.find(p);
+    if (u == users_.end()) continue;
+    u->second.erase(volume_prefix);
+    if (u->second.empty()) users_.erase(u);
+  }
+  r.snapshot = snapshot;
+  r.paths = paths();
+  for (const std::string& p : r.paths) users_[p].insert(volume_prefix);
+}
+
+std::vector<std::string> KernelCache::VolumesUsing(const std::string& normalized_path) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = users_.find(normalized_path);
+  if (it == users_.end()) return {};
+  return {it->second.begin(), it->second.end()};
+}
+
+size_t KernelCache::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return versions_.size();
+}
+
+ScopedRequestInode::ScopedRequestInode(uint64_t ino) : saved_(request_ino) { request_ino = ino; }
+ScopedRequestInode::~ScopedRequestInode() { request_ino = saved_; }
+
+void InvalidateKernelImages(FsState& fs, const std::vector<std::string>& paths, bool listings) {
+  struct fuse_session* se = fs.session;
+  if (se == nullptr || paths.empty()) return;
+  std::vector<core::PoolDef> pools = fs.catalog.Pools();
+  std::unordered_set<std::string> prefixes;
+  std::unordered_set<uint64_t> inodes;
+  for (const std::string& path : paths) {
+    std::string norm = core::NormalizePathLexically(path);
+    for (std::string& prefix : fs.kcache.VolumesUsing(norm)) prefixes.insert(std::move(prefix));
+    size_t slash = norm.rfind('/');
+    if (slash == std::string::npos) continue;
+    std::string dir = slash == 0 ? "/" : norm.substr(0, slash);
+    std::string name = norm.substr(slash + 1);
+    for (const core::PoolDef& pool : pools) {
+      if (!pool.Browsable() || core::NormalizePathLexically(pool.target_path) != dir) continue;
+      prefixes.insert(EncodePrefix(pool.name, name));
+      if (listings) {
+        if (auto ino = fs.nodes.Find(NodeKey(NodeKind::kPoolDir, pool.name))) inodes.insert(*ino);
+        if (auto ino = fs.nodes.Find(NodeKey(NodeKind::kPoolFile, pool.name, {}, -1, kPoolXmlName))) {
+          inodes.insert(*ino);
+        }
+      }
+    }
+  }
+  for (const std::string& prefix : prefixes) {
+    for (const auto& [ino, key] : fs.nodes.FindByPrefix(prefix)) inodes.insert(ino);
+  }
+  Notify(se, std::vector<uint64_t>(inodes.begin(), inodes.end()));
+}
+
+void InvalidateKernelAll(FsState& fs) {
+  struct fuse_session* se = fs.session;
+  if (se == nullptr) return;
+  std::vector<uint64_t> inodes;
+  for (const auto& [ino, key] : fs.nodes.FindByPrefix("")) {
+    if (key.kind != NodeKind::kRoot && key.kind != NodeKind::kControlDir &&
+        key.kind != NodeKind::kControlFile) {
+      inodes.push_back(ino);
+    }
+  }
+  inodes.push_back(kRootIno);
+  Notify(se, inodes);
+}
+
+}  // namespace chainfs::fs

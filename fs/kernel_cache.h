@@ -1,0 +1,112 @@
+// KernelCache: the daemon's record of what the kernel may cache, so that the
+// kernel can keep entries, attributes, file pages and directory listings for
+// as long as nothing changes, and be told exactly which ones to drop when
+// something does.
+//
+// The mount runs without OPEN, OPENDIR and FLUSH requests (the kernel's
+// "no open" mode): a warm `cat` is served entirely by the kernel. What makes
+// that correct:
+//  - Versions. Every file node's attribute reply is built from content the
+//    daemon keeps per inode (Update): its size is the content's length, and
+//    its mtime changes whenever the content does, so the kernel (auto_inval_
+//    data) drops stale pages at the next attribute refresh; READ serves the
+//    kept bytes, which are the ones whose length the kernel holds.
+//  - Invalidation. Images map to the volumes whose chains run through them
+//    (RecordChain); a change of an image (inotify, or the mount's own write
+//    side) invalidates the inodes of exactly those volumes
+//    (InvalidateKernelImages).
+#pragma once
+
+#include <time.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "fs/tree.h"
+
+namespace chainfs::fs {
+
+class FsState;
+
+// Thread-safe. Lock order: mu_ only; never held while calling the kernel.
+class KernelCache {
+ public:
+  struct Version {
+    std::shared_ptr<const std::string> bytes;
+    struct timespec mtime {};
+  };
+
+  // Records `content` as what `ino` now holds and returns it with the mtime
+  // to report: `natural` the first time; after that, the same time while the
+  // content stays the same, and a new one, later than every time handed out
+  // before, when it changed.
+  Version Update(uint64_t ino, std::string content, struct timespec natural);
+  // Returns the content last recorded for `ino`.
+  std::optional<Version> Current(uint64_t ino) const;
+  // Drops what is kept for `ino` (the kernel forgot it).
+  void Forget(uint64_t ino);
+
+  // The listing of directory `ino` taken by its last READDIR at offset 0;
+  // later offsets continue it (READDIR comes without open handles).
+  void SetListing(uint64_t ino, std::shared_ptr<const std::vector<DirEntry>> listing);
+  std::shared_ptr<const std::vector<DirEntry>> Listing(uint64_t ino) const;
+
+  // Records that the nodes under `volume_prefix` (EncodePrefix(pool, vol))
+  // were described from a chain with these elements (normalized paths).
+  // `snapshot` identifies the chain: a repeated call for the same one is a
+  // cheap no-op.
+  void RecordChain(const std::string& volume_prefix, const void* snapshot,
+                   const std::function<std::vector<std::string>()>& paths);
+  // Returns the volume prefixes whose recorded chain has `normalized_path`.
+  std::vector<std::string> VolumesUsing(const std::string& normalized_path) const;
+  // Returns how many inodes have recorded content.
+  size_t size() const;
+
+ private:
+  struct Recorded {
+    const void* snapshot = nullptr;
+    std::vector<std::string> paths;
+  };
+  struct timespec NextTime(const struct timespec& after);
+
+  mutable std::mutex mu_;
+  std::unordered_map<uint64_t, Version> versions_;                                   // guarded by mu_
+  std::unordered_map<uint64_t, std::shared_ptr<const std::vector<DirEntry>>> listings_;  // guarded by mu_
+  std::unordered_map<std::string, Recorded> chains_;                                 // guarded by mu_
+  std::unordered_map<std::string, std::unordered_set<std::string>> users_;           // guarded by mu_
+  struct timespec last_ {};                                                          // guarded by mu_
+};
+
+// Marks the inode the calling thread's request is about (a WRITE or
+// SETATTR holds its page locked in the kernel): invalidations issued while
+// it is set drop only that inode's attributes, never its pages.
+class ScopedRequestInode {
+ public:
+  explicit ScopedRequestInode(uint64_t ino);
+  ~ScopedRequestInode();
+  ScopedRequestInode(const ScopedRequestInode&) = delete;
+  ScopedRequestInode& operator=(const ScopedRequestInode&) = delete;
+
+ private:
+  uint64_t saved_;
+};
+
+// Tells the kernel to drop its attributes and pages of every node that
+// describes one of the images at `paths` (absolute host paths): the
+// volume of that name in a pool folder, and every volume whose chain runs
+// through it; with `listings`, also the listings of the pool directories
+// holding them. Never drops directory entries (that needs the parent's
+// lock, which a request handler may be running under). No-op before the
+// session exists.
+void InvalidateKernelImages(FsState& fs, const std::vector<std::string>& paths, bool listings);
+// The same for every node of the mount but the root and .chainfs.
+void InvalidateKernelAll(FsState& fs);
+
+}  // namespace chainfs::fs
