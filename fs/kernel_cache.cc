@@ -1,6 +1,7 @@
 #include "fs/kernel_cache.h"
 
 #include <algorithm>
+#include <unordered_set>
 
 #include "core/pool/catalog.h"
 #include "fs/fuse_api.h"
@@ -48,13 +49,13 @@ KernelCache::Version KernelCache::Update(uint64_t ino, std::string content,
   std::lock_guard<std::mutex> lock(mu_);
   auto it = versions_.find(ino);
   if (it != versions_.end()) {
-    if (*it->second.bytes == content) return it->second;
-    it->second.bytes = std::make_shared<const std::string>(std::move(content));
+    if (it->second.bytes == content) return it->second;
+    it->second.bytes = std::move(content);
     it->second.mtime = NextTime(Later(natural, it->second.mtime) ? natural : it->second.mtime);
     return it->second;
   }
   Version v;
-  v.bytes = std::make_shared<const std::string>(std::move(content));
+  v.bytes = std::move(content);
   v.mtime = natural;
   versions_.emplace(ino, v);
   return v;
@@ -80,7 +81,15 @@ void KernelCache::Forget(uint64_t ino) {
 
 void KernelCache::SetListing(uint64_t ino, std::shared_ptr<const std::vector<DirEntry>> listing) {
   std::lock_guard<std::mutex> lock(mu_);
-  listings_[ino].swap(listing);
+  if (listing) {
+    listings_[ino].swap(listing);
+  } else {
+    auto it = listings_.find(ino);
+    if (it != listings_.end()) {
+      listing = std::move(it->second);  // freed after unlock
+      listings_.erase(it);
+    }
+  }
 }
 
 std::shared_ptr<const std::vector<DirEntry>> KernelCache::Listing(uint64_t ino) const {
@@ -89,27 +98,47 @@ std::shared_ptr<const std::vector<DirEntry>> KernelCache::Listing(uint64_t ino) 
   return it == listings_.end() ? nullptr : it->second;
 }
 
+uint64_t KernelCache::HashPath(const std::string& path) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (unsigned char c : path) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
 void KernelCache::RecordChain(const std::string& volume_prefix, const void* snapshot,
                               const std::function<std::vector<std::string>()>& paths) {
   std::lock_guard<std::mutex> lock(mu_);
-  Recorded& r = chains_[volume_prefix];
+  auto [it, added] = chains_.try_emplace(volume_prefix);
+  Recorded& r = it->second;
   if (r.snapshot == snapshot && snapshot != nullptr) return;
-  for (const std::string& p : r.paths) {
-    auto u = users_.find(p);
+  const std::string* key = &it->first;
+  for (uint64_t h : r.paths) {
+    auto u = users_.find(h);
     if (u == users_.end()) continue;
-    u->second.erase(volume_prefix);
-    if (u->second.empty()) users_.erase(u);
+    auto& list = u->second;
+    list.erase(std::remove(list.begin(), list.end(), key), list.end());
+    if (list.empty()) users_.erase(u);
   }
   r.snapshot = snapshot;
-  r.paths = paths();
-  for (const std::string& p : r.paths) users_[p].insert(volume_prefix);
+  r.paths.clear();
+  for (const std::string& p : paths()) {
+    uint64_t h = HashPath(p);
+    if (std::find(r.paths.begin(), r.paths.end(), h) != r.paths.end()) continue;
+    r.paths.push_back(h);
+    users_[h].push_back(key);
+  }
+  r.paths.shrink_to_fit();
 }
 
 std::vector<std::string> KernelCache::VolumesUsing(const std::string& normalized_path) const {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = users_.find(normalized_path);
+  auto it = users_.find(HashPath(normalized_path));
   if (it == users_.end()) return {};
-  return {it->second.begin(), it->second.end()};
+  std::vector<std::string> out;
+  for (const std::string* key : it->second) out.push_back(*key);
+  return out;
 }
 
 size_t KernelCache::size() const {

@@ -26,7 +26,6 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "fs/tree.h"
@@ -39,7 +38,7 @@ class FsState;
 class KernelCache {
  public:
   struct Version {
-    std::shared_ptr<const std::string> bytes;
+    std::string bytes;
     struct timespec mtime {};
   };
 
@@ -53,8 +52,9 @@ class KernelCache {
   // Drops what is kept for `ino` (the kernel forgot it).
   void Forget(uint64_t ino);
 
-  // The listing of directory `ino` taken by its last READDIR at offset 0;
-  // later offsets continue it (READDIR comes without open handles).
+  // The listing of directory `ino` taken by its last READDIR at offset 0
+  // that did not fit in one reply; later offsets continue it (READDIR
+  // comes without open handles). A null listing forgets it.
   void SetListing(uint64_t ino, std::shared_ptr<const std::vector<DirEntry>> listing);
   std::shared_ptr<const std::vector<DirEntry>> Listing(uint64_t ino) const;
 
@@ -70,17 +70,21 @@ class KernelCache {
   size_t size() const;
 
  private:
+  // Paths are kept as 64-bit hashes: a big pool has tens of thousands, and a
+  // collision only invalidates a few nodes more than needed.
   struct Recorded {
     const void* snapshot = nullptr;
-    std::vector<std::string> paths;
+    std::vector<uint64_t> paths;
   };
+  static uint64_t HashPath(const std::string& path);
   struct timespec NextTime(const struct timespec& after);
 
   mutable std::mutex mu_;
   std::unordered_map<uint64_t, Version> versions_;                                   // guarded by mu_
   std::unordered_map<uint64_t, std::shared_ptr<const std::vector<DirEntry>>> listings_;  // guarded by mu_
+  // Keys of chains_ are never moved (node-based map), so users_ points at them.
   std::unordered_map<std::string, Recorded> chains_;                                 // guarded by mu_
-  std::unordered_map<std::string, std::unordered_set<std::string>> users_;           // guarded by mu_
+  std::unordered_map<uint64_t, std::vector<const std::string*>> users_;              // guarded by mu_
   struct timespec last_ {};                                                          // guarded by mu_
 };
 

@@ -170,7 +170,7 @@ Result<NodeAttr> Describe(FsState& fs, uint64_t ino, const NodeKey& key) {
     KernelCache::Version v = fs.kcache.Update(ino, std::move(*attr->content), attr->mtime);
     attr->content.reset();
     attr->mtime = v.mtime;
-    if (!S_ISDIR(attr->mode)) attr->size = v.bytes->size();
+    if (!S_ISDIR(attr->mode)) attr->size = v.bytes.size();
   }
   return attr;
 }
@@ -331,9 +331,20 @@ Result<std::shared_ptr<const std::vector<DirEntry>>> ListingAt(FsState& fs, fuse
   if (!key.ok()) return key.status();
   Result<std::vector<DirEntry>> entries = fs.tree.List(*key);
   if (!entries.ok()) return entries.status();
-  auto listing = std::make_shared<const std::vector<DirEntry>>(std::move(entries).value());
-  fs.kcache.SetListing(ino, listing);
-  return listing;
+  return std::make_shared<const std::vector<DirEntry>>(std::move(entries).value());
+}
+
+// Keeps `listing` for the READDIR that continues it when this reply stopped
+// at entry `next` before its end; forgets it when the reply reached the end.
+void KeepListingIfUnfinished(FsState& fs, fuse_ino_t ino, off_t off,
+                             const std::shared_ptr<const std::vector<DirEntry>>& listing,
+                             size_t next) {
+  bool finished = next >= listing->size() + 2;
+  if (finished) {
+    if (off > 0) fs.kcache.SetListing(ino, nullptr);
+  } else if (off == 0) {
+    fs.kcache.SetListing(ino, listing);
+  }
 }
 
 void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info*) {
@@ -346,7 +357,8 @@ void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fu
     size_t used = 0;
     // Offsets: 1 = ".", 2 = "..", 3 + i = entries[i].
     size_t total = entries.size() + 2;
-    for (size_t i = size_t(std::max<off_t>(off, 0)); i < total; ++i) {
+    size_t i = size_t(std::max<off_t>(off, 0));
+    for (; i < total; ++i) {
       struct stat st {};
       std::string name;
       if (i == 0) {
@@ -368,6 +380,7 @@ void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fu
       if (need > buf.size() - used) break;
       used += need;
     }
+    KeepListingIfUnfinished(fs, ino, off, *listing, i);
     fuse_reply_buf(req, buf.data(), used);
   });
 }
@@ -386,7 +399,8 @@ void OpReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     size_t used = 0;
     size_t total = entries.size() + 2;  // offsets as in OpReaddir
     std::vector<uint64_t> sent;          // inodes whose lookup count went up
-    for (size_t i = size_t(std::max<off_t>(off, 0)); i < total; ++i) {
+    size_t i = size_t(std::max<off_t>(off, 0));
+    for (; i < total; ++i) {
       struct fuse_entry_param e {};
       const char* name = nullptr;
       std::optional<uint64_t> counted;  // inode whose lookup count this entry took
@@ -412,6 +426,7 @@ void OpReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
       if (counted) sent.push_back(*counted);
       used += need;
     }
+    KeepListingIfUnfinished(fs, ino, off, *listing, i);
     if (fuse_reply_buf(req, buf.data(), used) != 0) {  // interrupted: nothing reached the kernel
       for (uint64_t n : sent) ForgetNode(fs, n, 1);
     }
@@ -440,13 +455,13 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_
       if (!attr.ok()) return ReplyStatus(req, fs, Op::kRead, key->Path(), attr.status());
       v = fs.kcache.Current(ino);
     }
-    if (!v || off < 0 || size_t(off) >= v->bytes->size()) {
+    if (!v || off < 0 || size_t(off) >= v->bytes.size()) {
       fuse_reply_buf(req, nullptr, 0);
       return;
     }
-    const std::string& c = *v->bytes;
+    const std::string& c = v->bytes;
     size_t n = std::min(size, c.size() - size_t(off));
-    fuse_reply_buf(req, c.data() + off, n);  // `v` keeps the bytes alive
+    fuse_reply_buf(req, c.data() + off, n);
   });
 }
 

@@ -111,7 +111,7 @@ TEST(KernelCache, VersionTimeChangesExactlyWhenTheContentDoes) {
   EXPECT_EQ(same.mtime.tv_sec, a.mtime.tv_sec);
   EXPECT_EQ(same.mtime.tv_nsec, a.mtime.tv_nsec);
   KernelCache::Version changed = cache.Update(42, "raw\n", natural);
-  EXPECT_EQ(*changed.bytes, "raw\n");
+  EXPECT_EQ(changed.bytes, "raw\n");
   EXPECT_TRUE(changed.mtime.tv_sec > a.mtime.tv_sec ||
               (changed.mtime.tv_sec == a.mtime.tv_sec && changed.mtime.tv_nsec > a.mtime.tv_nsec));
   KernelCache::Version again = cache.Update(42, "qcow2\n", natural);
@@ -120,7 +120,7 @@ TEST(KernelCache, VersionTimeChangesExactlyWhenTheContentDoes) {
                again.mtime.tv_nsec > changed.mtime.tv_nsec))
       << "back to an earlier content is still a change";
   ASSERT_TRUE(cache.Current(42));
-  EXPECT_EQ(*cache.Current(42)->bytes, "qcow2\n");
+  EXPECT_EQ(cache.Current(42)->bytes, "qcow2\n");
   cache.Forget(42);
   EXPECT_FALSE(cache.Current(42));
   EXPECT_EQ(cache.size(), 0u);
