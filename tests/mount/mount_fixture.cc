@@ -51,6 +51,17 @@ int WriteValue(const std::string& path, const std::string& value) {
   return err;
 }
 
+int WriteInPlace(const std::string& path, const std::string& value) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) {
+    ADD_FAILURE() << "cannot open " << path << ": " << std::strerror(errno);
+    return -1;
+  }
+  int err = ::write(fd, value.data(), value.size()) < 0 ? errno : 0;
+  ::close(fd);
+  return err;
+}
+
 core::Json QemuInfo(const std::string& path) {
   testutil::RunResult r = testutil::Run({"qemu-img", "info", "-U", "--output=json", path});
   EXPECT_EQ(r.exit_code, 0) << r.err;

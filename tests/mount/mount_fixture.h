@@ -31,6 +31,11 @@ bool IsMounted(const std::string& path);
 // Writes `value` the way `echo` does (open O_WRONLY|O_TRUNC, one write,
 // close); returns the errno of the first failing call, 0 on success.
 int WriteValue(const std::string& path, const std::string& value);
+// Writes `value` to `path` opened without O_TRUNC (which the kernel lets
+// root do on any file, the mount having no open requests); returns the
+// errno of write(2), 0 on success, or -1 (and fails the test) if the open
+// itself failed.
+int WriteInPlace(const std::string& path, const std::string& value);
 
 // Returns `qemu-img info -U --output=json` of `path` (null Json plus a test
 // failure if it fails).

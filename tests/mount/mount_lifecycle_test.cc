@@ -83,12 +83,7 @@ TEST_F(MountTest, ReadOnlyMountRefusesWritesWithErofs) {
   EXPECT_EQ(fd, -1);
   EXPECT_EQ(saved, EROFS);
   // ...and without it, by write(2) (the kernel opens files itself).
-  fd = ::open(M("p/top.qcow2/backing").c_str(), O_WRONLY | O_CLOEXEC);
-  ASSERT_GE(fd, 0) << std::strerror(errno);
-  EXPECT_EQ(::write(fd, "base.raw\n", 9), -1);
-  saved = errno;
-  ::close(fd);
-  EXPECT_EQ(saved, EROFS);
+  EXPECT_EQ(WriteInPlace(M("p/top.qcow2/backing"), "base.raw\n"), EROFS);
   EXPECT_NE(::mkdir(M("p/newdir").c_str(), 0755), 0);
   EXPECT_EQ(errno, EROFS);
   EXPECT_EQ(ReadFile(M("p/top.qcow2/backing")), "mid.qcow2\n");
@@ -104,12 +99,7 @@ TEST_F(MountTest, ReadWriteMountStillRefusesWritingVirtualFiles) {
   EXPECT_EQ(saved, EACCES);
   // root may open it for writing (the kernel opens files itself), but no
   // write gets through.
-  fd = ::open(M("p/top.qcow2/capacity").c_str(), O_WRONLY | O_CLOEXEC);
-  ASSERT_GE(fd, 0) << std::strerror(errno);
-  EXPECT_EQ(::write(fd, "1\n", 2), -1);
-  saved = errno;
-  ::close(fd);
-  EXPECT_EQ(saved, EACCES);
+  EXPECT_EQ(WriteInPlace(M("p/top.qcow2/capacity"), "1\n"), EACCES);
   ExpectLogged("write", "/p/top.qcow2/capacity", "EACCES", "read-only file");
   EXPECT_EQ(ReadFile(M("p/top.qcow2/capacity")), "67108864\n");
 }
