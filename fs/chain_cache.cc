@@ -2,21 +2,11 @@
 
 #include <sys/stat.h>
 
+#include "core/chain/backing_ref.h"
 #include "core/io/file.h"
 #include "core/pool/catalog.h"
 
 namespace chainfs::fs {
-
-namespace {
-
-std::string DirOf(const std::string& norm) {
-  size_t slash = norm.rfind('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return norm.substr(0, slash);
-}
-
-}  // namespace
 
 std::string ChainSnapshot::Rendered(const std::string& name,
                                     const std::function<std::string()>& render) const {
@@ -39,7 +29,7 @@ bool ChainCache::Revalidate(const ChainSnapshot& snap) const {
   bool covered = monitor != nullptr;
   for (size_t i = 0; covered && i < chain.elements.size(); ++i) {
     const core::ChainElement& e = chain.elements[i];
-    if (!e.network && !monitor->Watches(DirOf(core::NormalizePathLexically(e.path)))) {
+    if (!e.network && !monitor->Watches(core::DirName(core::NormalizePathLexically(e.path)))) {
       covered = false;
     }
   }
@@ -174,7 +164,7 @@ bool ChainCache::WatchesDir(const std::string& normalized_dir) const {
 }
 
 bool ChainCache::WatchesDirOf(const std::string& path) const {
-  return WatchesDir(DirOf(core::NormalizePathLexically(path)));
+  return WatchesDir(core::DirName(core::NormalizePathLexically(path)));
 }
 
 ChainCacheStats ChainCache::stats() const {

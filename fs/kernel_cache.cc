@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <unordered_set>
 
+#include "core/chain/backing_ref.h"
 #include "core/pool/catalog.h"
 #include "fs/fuse_api.h"
 #include "fs/state.h"
@@ -149,7 +150,7 @@ size_t KernelCache::size() const {
 ScopedRequestInode::ScopedRequestInode(uint64_t ino) : saved_(request_ino) { request_ino = ino; }
 ScopedRequestInode::~ScopedRequestInode() { request_ino = saved_; }
 
-void InvalidateKernelImages(FsState& fs, const std::vector<std::string>& paths, bool listings) {
+void InvalidateKernelImages(FsState& fs, const std::vector<std::string>& paths) {
   struct fuse_session* se = fs.session;
   if (se == nullptr || paths.empty()) return;
   std::vector<core::PoolDef> pools = fs.catalog.Pools();
@@ -158,18 +159,12 @@ void InvalidateKernelImages(FsState& fs, const std::vector<std::string>& paths, 
   for (const std::string& path : paths) {
     std::string norm = core::NormalizePathLexically(path);
     for (std::string& prefix : fs.kcache.VolumesUsing(norm)) prefixes.insert(std::move(prefix));
-    size_t slash = norm.rfind('/');
-    if (slash == std::string::npos) continue;
-    std::string dir = slash == 0 ? "/" : norm.substr(0, slash);
-    std::string name = norm.substr(slash + 1);
-    for (const core::PoolDef& pool : pools) {
-      if (!pool.Browsable() || core::NormalizePathLexically(pool.target_path) != dir) continue;
-      prefixes.insert(EncodePrefix(pool.name, name));
-      if (listings) {
-        if (auto ino = fs.nodes.Find(NodeKey(NodeKind::kPoolDir, pool.name))) inodes.insert(*ino);
-        if (auto ino = fs.nodes.Find(NodeKey(NodeKind::kPoolFile, pool.name, {}, -1, kPoolXmlName))) {
-          inodes.insert(*ino);
-        }
+    std::string name = core::BaseName(norm);
+    for (const std::string& pool : PoolsHolding(pools, norm)) {
+      prefixes.insert(EncodePrefix(pool, name));
+      if (auto ino = fs.nodes.Find(NodeKey(NodeKind::kPoolDir, pool))) inodes.insert(*ino);
+      if (auto ino = fs.nodes.Find(NodeKey(NodeKind::kPoolFile, pool, {}, -1, kPoolXmlName))) {
+        inodes.insert(*ino);
       }
     }
   }

@@ -104,12 +104,11 @@ class ScopedRequestInode {
 
 // Tells the kernel to drop its attributes and pages of every node that
 // describes one of the images at `paths` (absolute host paths): the
-// volume of that name in a pool folder, and every volume whose chain runs
-// through it; with `listings`, also the listings of the pool directories
-// holding them. Never drops directory entries (that needs the parent's
-// lock, which a request handler may be running under). No-op before the
-// session exists.
-void InvalidateKernelImages(FsState& fs, const std::vector<std::string>& paths, bool listings);
+// volume of that name in a pool folder, every volume whose chain runs
+// through it, and the listing and .pool.xml of the pool directory holding
+// it. Never drops directory entries (that needs the parent's lock, which a
+// request handler may be running under). No-op before the session exists.
+void InvalidateKernelImages(FsState& fs, const std::vector<std::string>& paths);
 // The same for every node of the mount but the root and .chainfs.
 void InvalidateKernelAll(FsState& fs);
 

@@ -178,20 +178,3 @@ size_t NodeTable::size() const {
 }
 
 }  // namespace chainfs::fs
-
-namespace chainfs::fs {
-
-void NodeTable::NoteReportedSize(uint64_t ino, uint64_t size) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = by_ino_.find(ino);
-  if (it != by_ino_.end()) it->second.reported_size = size;
-}
-
-std::optional<uint64_t> NodeTable::ReportedSize(uint64_t ino) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = by_ino_.find(ino);
-  if (it == by_ino_.end() || it->second.reported_size == kNoSize) return std::nullopt;
-  return it->second.reported_size;
-}
-
-}  // namespace chainfs::fs

@@ -52,22 +52,14 @@ class NodeTable {
   std::vector<std::pair<uint64_t, NodeKey>> FindByPrefix(const std::string& prefix) const;
   // Returns the number of known nodes.
   size_t size() const;
-  // Records the size last sent to the kernel for `ino` in an entry or
-  // attribute reply (the kernel's idea of the file's length); unknown
-  // inodes are ignored.
-  void NoteReportedSize(uint64_t ino, uint64_t size);
-  // Returns the size last recorded for `ino`, if any.
-  std::optional<uint64_t> ReportedSize(uint64_t ino) const;
 
  private:
-  static constexpr uint64_t kNoSize = ~uint64_t{0};
   // A node keeps its key only in encoded form (the by_key_ map key, whose
   // address is stable), decoded on demand: a big pool means ~10 nodes per
   // volume, and this halves their memory.
   struct Node {
     const std::string* encoded = nullptr;  // points at the by_key_ key
     uint64_t lookups = 0;
-    uint64_t reported_size = kNoSize;
     uint16_t pool_len = 0;    // NodeKey::pool.size(), to split `encoded`
     uint16_t volume_len = 0;  // NodeKey::volume.size()
     bool fixed = false;

@@ -175,13 +175,19 @@ Result<NodeAttr> Describe(FsState& fs, uint64_t ino, const NodeKey& key) {
   return attr;
 }
 
+// Drops `n` kernel lookup references of `ino`, and what is kept for it once
+// the kernel forgot it.
+void ForgetNode(FsState& fs, uint64_t ino, uint64_t n) {
+  if (fs.nodes.Forget(ino, n)) fs.kcache.Forget(ino);
+}
+
 // Fills an entry reply for `key`, taking one kernel lookup reference.
 Result<struct fuse_entry_param> EntryFor(FsState& fs, const NodeKey& key) {
   struct fuse_entry_param e {};
   e.ino = fs.nodes.Ref(key);
   Result<NodeAttr> attr = Describe(fs, e.ino, key);
   if (!attr.ok()) {
-    if (fs.nodes.Forget(e.ino, 1)) fs.kcache.Forget(e.ino);
+    ForgetNode(fs, e.ino, 1);
     return attr.status();
   }
   e.generation = 1;
@@ -189,10 +195,6 @@ Result<struct fuse_entry_param> EntryFor(FsState& fs, const NodeKey& key) {
   e.attr_timeout = TimeoutFor(fs, key, *attr);
   e.entry_timeout = e.attr_timeout;
   return e;
-}
-
-void ForgetNode(FsState& fs, uint64_t ino, uint64_t n) {
-  if (fs.nodes.Forget(ino, n)) fs.kcache.Forget(ino);
 }
 
 void OpInit(void* userdata, struct fuse_conn_info* conn) {

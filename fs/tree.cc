@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <charconv>
 
+#include "core/chain/backing_ref.h"
 #include "core/render/render.h"
 
 namespace chainfs::fs {
@@ -140,16 +141,21 @@ Result<std::shared_ptr<const ChainSnapshot>> Tree::VolumeChain(const std::string
   return snap;
 }
 
-void Tree::InvalidateImage(const std::string& path) {
-  chains_.Invalidate(path);
-  std::string norm = core::NormalizePathLexically(path);
-  size_t slash = norm.rfind('/');
-  std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : norm.substr(0, slash);
-  for (const core::PoolDef& pool : catalog_.Pools()) {
+std::vector<std::string> PoolsHolding(const std::vector<core::PoolDef>& pools,
+                                      const std::string& path) {
+  std::string dir = core::DirName(core::NormalizePathLexically(path));
+  std::vector<std::string> names;
+  for (const core::PoolDef& pool : pools) {
     if (pool.Browsable() && core::NormalizePathLexically(pool.target_path) == dir) {
-      catalog_.Invalidate(pool.name);
+      names.push_back(pool.name);
     }
   }
+  return names;
+}
+
+void Tree::InvalidateImage(const std::string& path) {
+  chains_.Invalidate(path);
+  for (const std::string& pool : PoolsHolding(catalog_.Pools(), path)) catalog_.Invalidate(pool);
 }
 
 std::vector<DirEntry> Tree::PoolEntries(const std::string& pool) {

@@ -119,6 +119,12 @@ class Tree {
   struct timespec mount_time_ {};
 };
 
+// Returns the names of the browsable pools among `pools` whose folder holds
+// the file at absolute `path`, compared lexically (so it also answers for a
+// file that is gone).
+std::vector<std::string> PoolsHolding(const std::vector<core::PoolDef>& pools,
+                                      const std::string& path);
+
 // Returns true if `caller` may read a file with this owner and mode, by
 // the classic owner/group/other rule (uid 0 always may).
 bool CallerCanRead(const Caller& caller, uint32_t uid, uint32_t gid, uint32_t mode);

@@ -25,13 +25,6 @@ constexpr uint32_t kWatchMask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED
                                 IN_ONLYDIR;
 constexpr size_t kMaxExtraDirs = 1024;
 
-std::string DirOf(const std::string& path) {
-  size_t slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
 // Returns true if inotify on `dir` sees every change of its entries: not on
 // network and cluster filesystems (changes made by other hosts raise no
 // events) nor on FUSE (changes behind the FUSE server's back).
@@ -242,7 +235,7 @@ void Watcher::AddWatch(const std::string& dir, const std::string& pool) {
 }
 
 void Watcher::WatchDirOf(const std::string& path) {
-  std::string dir = DirOf(path);
+  std::string dir = core::DirName(path);
   {
     std::lock_guard<std::mutex> lock(dirs_mu_);
     if (requested_dirs_.size() >= kMaxExtraDirs || !requested_dirs_.insert(dir).second) return;
@@ -368,7 +361,7 @@ void Watcher::Flush() {
   if (all) {
     InvalidateKernelAll(state_);
   } else {
-    InvalidateKernelImages(state_, paths, /*listings=*/true);
+    InvalidateKernelImages(state_, paths);
   }
 }
 

@@ -107,7 +107,7 @@ std::vector<std::string> AllVolumePaths(FsState& fs) {
 void AfterChange(FsState& fs, const std::vector<std::string>& paths, bool headers_rewritten) {
   if (headers_rewritten) fs.inspector.Clear();
   for (const std::string& path : paths) fs.tree.InvalidateImage(path);
-  InvalidateKernelImages(fs, paths, /*listings=*/true);
+  InvalidateKernelImages(fs, paths);
 }
 
 Status CheckCallerReads(const Caller& caller, const std::string& path) {

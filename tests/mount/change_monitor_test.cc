@@ -240,9 +240,6 @@ TEST(NodeTableKeys, RoundTripsEveryFieldIncludingSlashesInTheFile) {
     std::optional<NodeKey> back = table.Get(ino);
     ASSERT_TRUE(back.has_value());
     EXPECT_EQ(*back, key) << key.Path();
-    EXPECT_EQ(table.ReportedSize(ino), std::nullopt);
-    table.NoteReportedSize(ino, 17);
-    EXPECT_EQ(table.ReportedSize(ino), 17u);
   }
   auto in_v = table.FindByPrefix(EncodePrefix("p", "v"));
   ASSERT_EQ(in_v.size(), 2u);
