@@ -5,18 +5,13 @@
 
 #include <cstdio>
 
+#include "core/util/escape.h"
+
 namespace chainfs::fs {
 
 namespace {
 
 constexpr size_t kMaxOnceKeys = 100000;
-
-std::string OneLine(std::string s) {
-  for (char& c : s) {
-    if (c == '\n' || c == '\r') c = ' ';
-  }
-  return s;
-}
 
 std::string Now() {
   struct timespec ts {};
@@ -31,8 +26,13 @@ std::string Now() {
 
 void EventLog::Add(const std::string& op, const std::string& path, const std::string& result,
                    const std::string& reason) {
-  std::string line = fmt::format("{} {} {} {} {}\n", Now(), op, OneLine(path.empty() ? "-" : path),
-                                 result, OneLine(reason.empty() ? "-" : reason));
+  // Values may carry bytes from images and file names: control characters
+  // are escaped ("\r"), so that no value can forge a line or a terminal
+  // sequence; reasons already built from escaped tokens are kept as they are.
+  using core::OneLine;
+  std::string line =
+      fmt::format("{} {} {} {} {}\n", Now(), OneLine(op), OneLine(path.empty() ? "-" : path),
+                  OneLine(result), OneLine(reason.empty() ? "-" : reason));
   bool echo = false;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -19,7 +19,8 @@ class EventLog {
 
   // Records one event: `op` ("lookup", "open", "scan", "mount"...), the
   // mount-relative path ("/" for the root), the result ("ok", "EACCES") and a
-  // one-line reason (newlines are replaced by spaces).
+  // one-line reason. Control characters and invalid UTF-8 in any of them are
+  // escaped C-style (core::OneLine: "\n", "\r", "\x1b"), never passed on.
   void Add(const std::string& op, const std::string& path, const std::string& result,
            const std::string& reason);
   // Records the event only the first time `key` is seen (bounded memory),

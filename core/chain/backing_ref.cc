@@ -4,6 +4,8 @@
 #include <array>
 #include <cctype>
 
+#include "core/util/escape.h"
+
 namespace chainfs::core {
 namespace {
 
@@ -58,7 +60,8 @@ Result<NetworkSource> ParseUri(std::string_view raw, std::string_view scheme) {
   if (!authority.empty() && authority.front() == '[') {
     size_t close = authority.find(']');
     if (close == std::string_view::npos) {
-      return Error(Code::kInvalidArgument, "backing URI '{}' has an unterminated IPv6 address", raw);
+      return Error(Code::kInvalidArgument, "backing URI '{}' has an unterminated IPv6 address",
+                   ShortToken(raw));
     }
     n.host = std::string(authority.substr(1, close - 1));
     authority.remove_prefix(close + 1);
@@ -140,11 +143,12 @@ std::string JsonText(const Json* v) {
 Result<NetworkSource> ParseJsonSource(std::string_view raw) {
   Result<Json> parsed = Json::Parse(raw.substr(5));
   if (!parsed.ok()) {
-    return Error(Code::kInvalidArgument, "backing string '{}' is not valid json: {}", raw,
-                 parsed.status().message());
+    return Error(Code::kInvalidArgument, "backing string '{}' is not valid json: {}",
+                 ShortToken(raw), parsed.status().message());
   }
   if (!parsed->is_object()) {
-    return Error(Code::kInvalidArgument, "backing string '{}': json: must hold an object", raw);
+    return Error(Code::kInvalidArgument, "backing string '{}': json: must hold an object",
+                 ShortToken(raw));
   }
   Json root = Unflatten(*parsed);
   const Json* node = &root;
@@ -162,7 +166,8 @@ Result<NetworkSource> ParseJsonSource(std::string_view raw) {
   }
   n.driver = JsonText(node->Find("driver"));
   if (n.driver.empty()) {
-    return Error(Code::kInvalidArgument, "backing string '{}': json: names no driver", raw);
+    return Error(Code::kInvalidArgument, "backing string '{}': json: names no driver",
+                 ShortToken(raw));
   }
   n.protocol = n.driver;
   if (n.driver == "file" || n.driver == "host_device") {

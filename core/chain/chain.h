@@ -41,7 +41,10 @@ enum class ProblemKind {
   kLoop,                  // the same (dev, ino) twice
   kTooDeep,               // more than kMaxChainDepth elements
   kCorruptHeader,         // the format driver could not parse the header
-  kHeader,                // the header parsed but carries a problem (ImageMeta::problems)
+  kHeader,                // a fact that does not stop the walk nor the data: the header
+                          // carries a problem (ImageMeta::problems), or the recorded
+                          // backing format disagrees with the probed one
+                          // ("format-mismatch: ..."; the recorded format stays in use)
   kBadBackingString,      // a backing string that cannot be classified
   kUnknownFormat,         // a recorded backing format that is not a known format
   kUnsupported,           // e.g. a block device or other non-regular file
@@ -51,8 +54,13 @@ enum class ProblemKind {
 struct Problem {
   int index = 0;
   ProblemKind kind = ProblemKind::kCorruptHeader;
-  std::string message;  // one line, libvirt's wording where libvirt has one
-  std::string fix;      // one line: a file operation and/or command; may be empty
+  // One line, libvirt's wording where libvirt has one. Bytes read from a
+  // file appear only as escaped tokens (ShortToken): no control character,
+  // at most a few hundred bytes of any one name.
+  std::string message;
+  // One line: a file operation and/or command; may be empty. Names with
+  // control characters are quoted as bash $'...' words.
+  std::string fix;
 };
 
 // QEMU's and libvirt's limit on chain length.

@@ -3,10 +3,50 @@
 #include <map>
 #include <utility>
 
+#include "core/util/escape.h"
 #include "core/util/shell.h"
 
 namespace chainfs::core {
 namespace {
+
+// How much of a name read from an image (a backing string, a path built
+// from one) a problem line may echo: real paths fit, a hostile string does
+// not fill the line. Format names and other tokens get ShortToken's default.
+constexpr size_t kMaxEchoedName = 256;
+
+// Returns a name for a problem message: escaped, at most kMaxEchoedName bytes.
+std::string Name(std::string_view s) { return ShortToken(s, kMaxEchoedName); }
+
+// Returns a format name read from an image for a problem message.
+std::string Token(std::string_view s) { return ShortToken(s); }
+
+// Returns a text that is not ours (a driver's or the OS's message, which may
+// quote bytes) as one line: escaped when it holds control characters.
+std::string Foreign(std::string_view s) { return OneLine(s); }
+
+// Quotes `s` as one word of a command the user may paste: a POSIX shell word
+// when it is printable, bash's $'...' with C escapes when it holds control
+// characters or invalid UTF-8 (still one line, still the same bytes), and
+// `placeholder` when it is longer than a problem line may echo.
+std::string ShellWord(std::string_view s, std::string_view placeholder) {
+  if (s.size() > kMaxEchoedName) return std::string(placeholder);
+  if (!NeedsEscape(s)) return ShellQuote(s);
+  std::string out = "$'";
+  for (char c : EscapeOneLine(s)) {
+    if (c == '\'') out += '\\';
+    out += c;
+  }
+  out += '\'';
+  return out;
+}
+
+// Returns true if reading a file as `recorded` gives the guest the same
+// bytes as reading it as `probed`: equal names, or iso (which qemu opens
+// as raw) against raw.
+bool SameGuestView(std::string_view recorded, std::string_view probed) {
+  auto plain = [](std::string_view f) { return f == "raw" || f == "iso"; };
+  return recorded == probed || (plain(recorded) && plain(probed));
+}
 
 // Builds the fix for a backing reference recorded by `recorder`: the file
 // operation in the mount (when the recorder is a pool volume) and the
@@ -17,14 +57,16 @@ std::string RetargetFix(const ResolveOptions& opts, const ChainElement& recorder
   std::optional<std::string> vol;
   if (opts.locate) vol = opts.locate(recorder.path);
   if (!vol) return qemu_img;
-  return fmt::format("echo {} > {}/{}, or {}", ShellQuote(value), ShellQuote(*vol), mount_file,
-                     qemu_img);
+  return fmt::format("echo {} > {}/{}, or {}", ShellWord(value, "VALUE"),
+                     ShellWord(*vol, "POOL/VOLUME"), mount_file, qemu_img);
 }
 
 std::string RebaseCommand(const ChainElement& recorder, std::string_view backing_format,
                           std::string_view backing) {
-  return fmt::format("qemu-img rebase -u -f {} -F {} -b {} {}", recorder.format, backing_format,
-                     ShellQuote(backing), ShellQuote(recorder.path));
+  return fmt::format("qemu-img rebase -u -f {} -F {} -b {} {}",
+                     ShellWord(recorder.format.empty() ? "FMT" : recorder.format, "FMT"),
+                     ShellWord(backing_format, "FMT"), ShellWord(backing, "BACKING"),
+                     ShellWord(recorder.path, "IMAGE"));
 }
 
 class Walker {
@@ -39,7 +81,9 @@ class Walker {
     Result<std::shared_ptr<const Inspection>> in = insp_.Inspect(top);
     if (!in.ok()) {
       Problem p{0, KindOf(in.status()),
-                fmt::format("Cannot access storage file '{}': {}", top, in.status().message()), ""};
+                fmt::format("Cannot access storage file '{}': {}", Name(top),
+                            Foreign(in.status().message())),
+                ""};
       chain_.elements.push_back(std::move(e));
       chain_.problems.push_back(std::move(p));
       return std::move(chain_);
@@ -78,7 +122,8 @@ class Walker {
         AddProblem(index, ProblemKind::kLoop,
                    fmt::format("backing chain loop: backing file '{}' of image '{}' is image '{}' "
                                "(chain index {}) again",
-                               e.backing_string, parent.path, earlier.path, seen->second),
+                               Name(e.backing_string), Name(parent.path), Name(earlier.path),
+                               seen->second),
                    std::move(fix));
         e.format.clear();
         chain_.elements.push_back(std::move(e));
@@ -87,14 +132,15 @@ class Walker {
       seen_[key] = index;
       if (!in->parse_status.ok()) {
         AddProblem(index, ProblemKind::kCorruptHeader,
-                   fmt::format("image '{}' cannot be read as {}: {}", e.path, in->format,
-                               in->parse_status.message()));
+                   fmt::format("image '{}' cannot be read as {}: {}", Name(e.path),
+                               Token(in->format), Foreign(in->parse_status.message())));
         chain_.elements.push_back(std::move(e));
         return;
       }
       e.meta = in->meta;
       for (const std::string& p : in->meta->problems) {
-        AddProblem(index, ProblemKind::kHeader, fmt::format("image '{}': {}", e.path, p));
+        AddProblem(index, ProblemKind::kHeader,
+                   fmt::format("image '{}': {}", Name(e.path), Foreign(p)));
       }
       chain_.elements.push_back(e);
       const ChainElement& self = chain_.elements.back();
@@ -110,7 +156,7 @@ class Walker {
         AddProblem(next.index, ProblemKind::kTooDeep,
                    fmt::format("backing chain of image '{}' is deeper than {} images, QEMU's and "
                                "libvirt's limit",
-                               chain_.elements.front().path, opts_.max_depth),
+                               Name(chain_.elements.front().path), opts_.max_depth),
                    "shorten the chain: qemu-img commit an overlay into its backing, or rebase "
                    "a volume onto a deeper element");
         return;
@@ -118,8 +164,8 @@ class Walker {
       Result<BackingRef> ref = ClassifyBacking(next.backing_string, self.path);
       if (!ref.ok()) {
         AddProblem(index, ProblemKind::kBadBackingString,
-                   fmt::format("backing string of image '{}' cannot be used: {}", self.path,
-                               ref.status().message()),
+                   fmt::format("backing string of image '{}' cannot be used: {}", Name(self.path),
+                               Foreign(ref.status().message())),
                    RetargetFix(opts_, self, "backing", "NEW-BACKING",
                                RebaseCommand(self, "FMT", "NEW-BACKING")));
         return;
@@ -140,8 +186,8 @@ class Walker {
         next.format_source = FormatSource::kMetadata;
         if (!FindDriver(*recorded)) {
           AddProblem(index, ProblemKind::kUnknownFormat,
-                     fmt::format("image '{}' records unknown backing format '{}'", self.path,
-                                 *recorded),
+                     fmt::format("image '{}' records unknown backing format '{}'",
+                                 Name(self.path), Token(*recorded)),
                      RetargetFix(opts_, self, "backing_format", "FMT",
                                  RebaseCommand(self, "FMT", next.backing_string)));
           chain_.elements.push_back(std::move(next));
@@ -155,13 +201,17 @@ class Walker {
       if (!nin.ok()) {
         Status s = nin.status();
         std::string msg = fmt::format("Cannot access backing file '{}' of storage file '{}'",
-                                      next.path, self.path);
-        if (s.code() != Code::kNotFound) msg += fmt::format(" ({})", s.message());
+                                      Name(next.path), Name(self.path));
+        if (s.code() != Code::kNotFound) msg += fmt::format(" ({})", Foreign(s.message()));
+        const bool known = recorded && FindDriver(*recorded);
         AddProblem(next.index, KindOf(s), std::move(msg),
                    RetargetFix(opts_, self, "backing", "NEW-BACKING",
-                               RebaseCommand(self, recorded.value_or("FMT"), "NEW-BACKING")));
+                               RebaseCommand(self, known ? *recorded : "FMT", "NEW-BACKING")));
         chain_.elements.push_back(std::move(next));
         return;
+      }
+      if (next.format_source == FormatSource::kMetadata) {
+        CheckRecordedFormat(self, next, *recorded, (*nin)->probed_format);
       }
       if (next.format_source == FormatSource::kProbed) {
         // libvirt's rule: probing is safe only for an image that has no
@@ -173,7 +223,7 @@ class Walker {
           AddProblem(next.index, ProblemKind::kMissingBackingFormat,
                      fmt::format("format of backing image '{}' of image '{}' was not specified in "
                                  "the image metadata",
-                                 next.backing_string, self.path),
+                                 Name(next.backing_string), Name(self.path)),
                      RetargetFix(opts_, self, "backing_format", fmt_name,
                                  RebaseCommand(self, fmt_name, next.backing_string)));
           next.stat = probed.stat;
@@ -185,6 +235,43 @@ class Walker {
       in = hold.get();
       e = std::move(next);
     }
+  }
+
+  // Adds a format-mismatch problem when the format `recorder` records for
+  // its backing `next` disagrees with what the backing's bytes probe as.
+  // Only a warning (DESIGN section 3): the recorded format stays the one in
+  // use, and nothing of the probed result is followed.
+  void CheckRecordedFormat(const ChainElement& recorder, const ChainElement& next,
+                           const std::string& recorded, const std::string& probed) {
+    if (probed.empty() || SameGuestView(recorded, probed)) return;
+    std::string meaning;
+    if (recorded == "raw") {
+      meaning = fmt::format("a guest sees the {} file's own bytes (its header and tables), not "
+                            "the disk image it holds",
+                            probed);
+    } else if (probed == "raw") {
+      meaning = fmt::format("the file does not start with a {} header, so it cannot be read as {}",
+                            recorded, recorded);
+    } else {
+      meaning = fmt::format("the file is read with the {} driver, not as the {} image it looks like",
+                            recorded, probed);
+    }
+    std::string keep =
+        recorded == "raw"
+            ? fmt::format("if it is a raw guest disk that happens to hold a {} header, keep raw",
+                          probed)
+            : fmt::format("if it really is {}, keep it", recorded);
+    std::string fix = fmt::format(
+        "if it is a {} image: {}; {}", probed,
+        RetargetFix(opts_, recorder, "backing_format", probed,
+                    RebaseCommand(recorder, probed, next.backing_string)),
+        keep);
+    AddProblem(next.index, ProblemKind::kHeader,
+               fmt::format("format-mismatch: image '{}' records backing format {} for '{}', but "
+                           "the backing file's header is {}: it is used as {}, as recorded; {}",
+                           Name(recorder.path), Token(recorded), Name(next.path), probed,
+                           Token(recorded), meaning),
+               std::move(fix));
   }
 
   ImageInspector& insp_;

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <array>
+#include <cctype>
 #include <string>
 
 #include "core/render/render.h"
@@ -26,6 +27,29 @@ bool IsExpressibleProtocol(std::string_view protocol) {
   return false;
 }
 
+// Returns true if `host` fits libvirt's <host name=...>: a DNS name or an
+// IPv4/IPv6 address (schema types dnsName and ipAddr).
+bool IsSchemaHost(std::string_view host) {
+  if (host.empty()) return false;
+  bool ipv6 = host.find(':') != std::string_view::npos;
+  for (char c : host) {
+    bool alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+    bool ok = ipv6 ? (std::isxdigit(static_cast<unsigned char>(c)) || c == ':' || c == '.')
+                   : (alnum || c == '.' || c == '-');
+    if (!ok) return false;
+  }
+  return true;
+}
+
+// Returns true if `port` is empty or a decimal number (schema unsignedInt).
+bool IsSchemaPort(std::string_view port) {
+  if (port.size() > 10) return false;
+  for (char c : port) {
+    if (c < '0' || c > '9') return false;
+  }
+  return true;
+}
+
 // How one element appears in a <disk> or <backingStore>.
 struct SourceSpec {
   enum Kind { kFile, kBlock, kNetwork, kNone } kind = kNone;
@@ -45,7 +69,11 @@ SourceSpec DescribeSource(const ChainElement& element) {
       return spec;
     }
     if (!net || !IsExpressibleProtocol(net->protocol)) return spec;
-    bool has_host = !net->host.empty() || (net->transport == "unix" && !net->socket.empty());
+    // A host the schema cannot carry (a hostile json: or URI string) is not
+    // spelled out: the chain's XML stays valid and claims nothing false.
+    bool has_host = net->transport == "unix"
+                        ? !net->socket.empty() && net->socket[0] == '/'
+                        : IsSchemaHost(net->host) && IsSchemaPort(net->port);
     if (!has_host || (net->protocol != "nbd" && net->name.empty())) return spec;
     spec.kind = SourceSpec::kNetwork;
     spec.net = net;

@@ -5,14 +5,17 @@
 
 #include "core/render/render.h"
 #include "core/render/render_util.h"
+#include "core/util/escape.h"
 
 namespace chainfs::core {
 
 std::string RenderProblems(const Chain& chain) {
   std::string out;
   for (const Problem& p : chain.problems) {
-    out += fmt::format("{}: {}", p.index, p.message);
-    if (!p.fix.empty()) out += fmt::format(" -- fix: {}", p.fix);
+    // The resolver builds messages from escaped tokens; OneLine guards
+    // against any producer that did not, without doubling their backslashes.
+    out += fmt::format("{}: {}", p.index, OneLine(p.message));
+    if (!p.fix.empty()) out += fmt::format(" -- fix: {}", OneLine(p.fix));
     out += '\n';
   }
   return out;
@@ -22,13 +25,16 @@ std::string RenderChainList(const Chain& chain) {
   std::string out;
   for (const ChainElement& element : chain.elements) {
     std::string format = render_internal::ElementFormat(element);
-    out += fmt::format("{} {} {}\n", element.index, format.empty() ? "?" : format, element.path);
+    out += fmt::format("{} {} {}\n", element.index, format.empty() ? "?" : OneLine(format),
+                       OneLine(element.path));
   }
   return out;
 }
 
 std::string RenderElementField(const ChainElement& element, std::string_view field) {
-  auto line = [](std::string_view value) { return std::string(value) + "\n"; };
+  // Values from an image stay as recorded unless they hold a control
+  // character (then escaped, see OneValue): one value, one line.
+  auto line = [](std::string_view value) { return OneValue(value) + "\n"; };
   if (field == "path") return line(element.path);
   if (field == "format") {
     std::string format = render_internal::ElementFormat(element);

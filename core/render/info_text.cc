@@ -6,6 +6,7 @@
 
 #include "core/render/render.h"
 #include "core/render/render_util.h"
+#include "core/util/escape.h"
 
 namespace chainfs::core {
 namespace {
@@ -21,7 +22,7 @@ bool IsComposite(const Json& v) { return v.is_object() || v.is_array(); }
 // Writes a scalar as qemu's human dump does: strings bare, booleans as
 // true/false, numbers in decimal.
 std::string ScalarText(const Json& v) {
-  if (v.is_string()) return v.as_string();
+  if (v.is_string()) return OneLine(v.as_string());
   if (v.is_bool()) return v.as_bool() ? "true" : "false";
   return v.Dump();
 }
@@ -30,7 +31,7 @@ std::string ScalarText(const Json& v) {
 // composite value.
 void DumpMember(std::string& out, int indent, const std::string& label, const Json& value) {
   out.append(size_t(indent) * 4, ' ');
-  out += label;
+  out += OneLine(label);
   if (IsComposite(value)) {
     out += ":\n";
     DumpValue(out, indent + 1, value);
@@ -67,16 +68,16 @@ void DumpValue(std::string& out, int indent, const Json& value) {
 void RenderElement(std::string& out, const Chain& chain, size_t i) {
   const ChainElement& element = chain.elements[i];
   const std::string format = ElementFormat(element);
-  out += fmt::format("image: {}\n", element.path);
+  out += fmt::format("image: {}\n", OneLine(element.path));
   if (!element.meta) {
     // Not opened (missing, unreadable, network, stopped by a problem):
     // show what is known without pretending to know the rest.
-    if (!format.empty()) out += fmt::format("file format: {}\n", format);
+    if (!format.empty()) out += fmt::format("file format: {}\n", OneLine(format));
     if (element.stat) out += fmt::format("disk size: {}\n", FormatSize(element.stat->allocation));
     return;
   }
   const ImageMeta& meta = *element.meta;
-  out += fmt::format("file format: {}\n", format);
+  out += fmt::format("file format: {}\n", OneLine(format));
   out += fmt::format("virtual size: {} ({} bytes)\n", FormatSize(meta.virtual_size),
                      meta.virtual_size);
   out += fmt::format("disk size: {}\n",
@@ -85,12 +86,14 @@ void RenderElement(std::string& out, const Chain& chain, size_t i) {
   if (meta.cluster_size) out += fmt::format("cluster_size: {}\n", *meta.cluster_size);
   if (meta.dirty) out += "cleanly shut down: no\n";
   if (meta.backing) {
-    out += fmt::format("backing file: {}", *meta.backing);
+    out += fmt::format("backing file: {}", OneLine(*meta.backing));
     std::string full = FullBackingFilename(chain, i);
-    if (full != *meta.backing) out += fmt::format(" (actual path: {})", full);
+    if (full != *meta.backing) out += fmt::format(" (actual path: {})", OneLine(full));
     out += '\n';
   }
-  if (meta.backing_format) out += fmt::format("backing file format: {}\n", *meta.backing_format);
+  if (meta.backing_format) {
+    out += fmt::format("backing file format: {}\n", OneLine(*meta.backing_format));
+  }
   if (!meta.format_specific.is_null()) {
     out += "Format specific information:\n";
     const Json* data = meta.format_specific.Find("data");

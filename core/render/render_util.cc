@@ -4,8 +4,10 @@
 #include <cmath>
 #include <cstdio>
 #include <sstream>
+#include <vector>
 
 #include "core/chain/backing_ref.h"
+#include "core/util/escape.h"
 
 namespace chainfs::core::render_internal {
 
@@ -25,7 +27,45 @@ std::string FormatSize(uint64_t bytes) {
   return buf;
 }
 
-std::string SaveXml(const pugi::xml_document& doc) {
+namespace {
+
+// Rewrites names and values of `node` and everything below it with XmlSafe.
+// Iterative: a pool definition's <source> may nest deeply.
+void SanitizeTree(pugi::xml_node root) {
+  std::vector<pugi::xml_node> stack{root};
+  auto fix_name = [](auto& n) {
+    std::string safe = XmlSafe(n.name());
+    if (safe != n.name()) n.set_name(safe.c_str());
+  };
+  while (!stack.empty()) {
+    pugi::xml_node node = stack.back();
+    stack.pop_back();
+    if (node.type() == pugi::node_element) {
+      fix_name(node);
+      for (pugi::xml_attribute a = node.first_attribute(); a; a = a.next_attribute()) {
+        fix_name(a);
+        std::string safe = XmlSafe(a.value());
+        if (safe != a.value()) a.set_value(safe.c_str());
+      }
+    } else if (node.type() == pugi::node_pcdata || node.type() == pugi::node_cdata) {
+      // Layout text added on purpose (an empty <source> spelled on two
+      // lines) is whitespace only; keep it.
+      std::string_view v = node.value();
+      if (v.find_first_not_of(" \n") != std::string_view::npos) {
+        std::string safe = XmlSafe(v);
+        if (safe != v) node.set_value(safe.c_str());
+      }
+    }
+    for (pugi::xml_node child = node.first_child(); child; child = child.next_sibling()) {
+      stack.push_back(child);
+    }
+  }
+}
+
+}  // namespace
+
+std::string SaveXml(pugi::xml_document& doc) {
+  SanitizeTree(doc);
   std::ostringstream out;
   doc.save(out, "  ",
            pugi::format_indent | pugi::format_attribute_single_quote | pugi::format_no_declaration,

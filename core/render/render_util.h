@@ -18,8 +18,10 @@ std::string FormatSize(uint64_t bytes);
 
 // Prints a document as libvirt does: 2-space indent, single-quoted
 // attributes, no XML declaration, and empty elements as "<x/>" (pugixml
-// writes "<x />").
-std::string SaveXml(const pugi::xml_document& doc);
+// writes "<x />"). First passes every name, attribute value and text of
+// `doc` through XmlSafe, so the result is well-formed XML 1.0 whatever bytes
+// an image (or a pool definition) put into it.
+std::string SaveXml(pugi::xml_document& doc);
 
 // Returns the path the backing of element `i` resolves to, as qemu's
 // "full-backing-filename": element i+1's path when it exists, else the

@@ -66,6 +66,68 @@ std::string EscapeOneLine(std::string_view s) {
   return out;
 }
 
+namespace {
+
+// Returns true if the byte at s[i], a sequence of `len` valid UTF-8 bytes,
+// is a control character: C0, DEL, or C1 (U+0080..U+009F).
+bool IsControlAt(std::string_view s, size_t i, size_t len) {
+  unsigned char c = static_cast<unsigned char>(s[i]);
+  if (len == 1) return c < 0x20 || c == 0x7F;
+  return len == 2 && c == 0xC2 && static_cast<unsigned char>(s[i + 1]) < 0xA0;
+}
+
+}  // namespace
+
+bool NeedsEscape(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    size_t len = Utf8SequenceLength(s, i);
+    if (len == 0 || IsControlAt(s, i, len)) return true;
+    i += len;
+  }
+  return false;
+}
+
+std::string OneLine(std::string_view s) {
+  return NeedsEscape(s) ? EscapeOneLine(s) : std::string(s);
+}
+
+std::string OneValue(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    size_t len = Utf8SequenceLength(s, i);
+    if (len == 0) len = 1;  // invalid UTF-8 is kept: it cannot break a line
+    if (IsControlAt(s, i, len)) return EscapeOneLine(s);
+    i += len;
+  }
+  return std::string(s);
+}
+
+std::string XmlSafe(std::string_view s) {
+  static constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    size_t len = Utf8SequenceLength(s, i);
+    if (len == 0) {
+      out += kReplacement;
+      ++i;
+      continue;
+    }
+    bool bad = IsControlAt(s, i, len);
+    // U+FFFE and U+FFFF (EF BF BE, EF BF BF) are not XML 1.0 characters.
+    if (len == 3 && s.substr(i, 2) == "\xEF\xBF" &&
+        static_cast<unsigned char>(s[i + 2]) >= 0xBE) {
+      bad = true;
+    }
+    if (bad) {
+      out += kReplacement;
+    } else {
+      out.append(s.substr(i, len));
+    }
+    i += len;
+  }
+  return out;
+}
+
 std::string ShortToken(std::string_view s, size_t max_bytes) {
   if (s.size() <= max_bytes) return EscapeOneLine(s);
   size_t cut = 0;

@@ -61,24 +61,58 @@ bool Json::operator==(const Json& o) const {
   return v_ == o.v_;
 }
 
+namespace {
+
+// Decodes one character of `s` at `i` as qemu's mod_utf8_codepoint does:
+// returns the code point, or -1 for an invalid sequence (a stray or missing
+// continuation byte, 0xFE/0xFF, overlong forms other than C0 80, surrogates,
+// noncharacters, beyond U+10FFFF), and advances `i` past the bytes it
+// consumed (a broken sequence up to the first byte that does not continue it).
+int32_t QemuCodepoint(std::string_view s, size_t& i) {
+  static constexpr int32_t kMinCp[5] = {0x80, 0x800, 0x10000, 0x200000, 0x4000000};
+  unsigned byte = static_cast<unsigned char>(s[i++]);
+  if (byte < 0x80) return int32_t(byte);
+  if (byte >= 0xFE || (byte & 0x40) == 0) return -1;
+  unsigned len = 0;
+  unsigned mask = 0x80;
+  for (; byte & mask; mask >>= 1) ++len;
+  int32_t cp = int32_t(byte & (mask - 1));
+  for (unsigned k = 1; k < len; ++k) {
+    if (i >= s.size() || (static_cast<unsigned char>(s[i]) & 0xC0) != 0x80) return -1;
+    cp = (cp << 6) | (static_cast<unsigned char>(s[i++]) & 0x3F);
+  }
+  if (cp > 0x10FFFF) return -1;
+  if ((cp >= 0xFDD0 && cp <= 0xFDEF) || (cp & 0xFFFE) == 0xFFFE) return -1;
+  if (cp >= 0xD800 && cp <= 0xDFFF) return -1;
+  if (cp < kMinCp[len - 2] && !(cp == 0 && len == 2)) return -1;
+  return cp;
+}
+
+}  // namespace
+
 std::string JsonQuote(std::string_view s) {
   std::string out;
   out.reserve(s.size() + 2);
   out.push_back('"');
-  for (unsigned char c : s) {
-    switch (c) {
+  for (size_t i = 0; i < s.size();) {
+    int32_t cp = QemuCodepoint(s, i);
+    switch (cp) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
       case '\n': out += "\\n"; break;
       case '\r': out += "\\r"; break;
       case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
       default:
-        if (c < 0x20 || c == 0x7f) {
-          out += fmt::format("\\u{:04x}", c);
+        if (cp < 0) cp = 0xFFFD;
+        if (cp > 0xFFFF) {
+          out += fmt::format("\\u{:04X}\\u{:04X}", 0xD800 + ((cp - 0x10000) >> 10),
+                             0xDC00 + ((cp - 0x10000) & 0x3FF));
+        } else if (cp < 0x20 || cp >= 0x7F) {
+          out += fmt::format("\\u{:04X}", cp);
         } else {
-          out.push_back(char(c));
+          out.push_back(char(cp));
         }
     }
   }

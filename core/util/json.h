@@ -82,7 +82,11 @@ class Json {
   std::variant<std::monostate, bool, int64_t, uint64_t, double, std::string, Array, Object> v_;
 };
 
-// Escapes a string as a JSON string literal, quotes included.
+// Escapes bytes as a JSON string literal, quotes included, exactly as qemu's
+// JSON writer does (so info.json matches qemu-img byte for byte): ASCII
+// control characters, DEL and every non-ASCII character as \uXXXX (upper
+// case; surrogate pairs beyond the BMP), invalid UTF-8 as \uFFFD. The result
+// is always strict JSON, whatever the bytes.
 std::string JsonQuote(std::string_view s);
 
 }  // namespace chainfs::core

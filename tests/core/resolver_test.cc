@@ -61,7 +61,10 @@ TEST_F(ResolverTest, RecordedRawFormatIsNotReprobedEvenIfBytesLookLikeQcow2) {
   QemuImg({"create", "-q", "-f", "qcow2", "-u", "-b", "/etc/shadow", "-F", "raw", P("evil.raw"), "1M"});
   QemuImg({"create", "-q", "-f", "qcow2", "-b", P("evil.raw"), "-F", "raw", P("top.qcow2")});
   Chain c = Resolve("top.qcow2");
-  EXPECT_TRUE(c.healthy());
+  // Issue 9: the disagreement is shown (format-mismatch), never acted on.
+  ASSERT_EQ(c.problems.size(), 1u);
+  EXPECT_NE(c.problems[0].message.find("format-mismatch"), std::string::npos);
+  EXPECT_TRUE(c.complete);
   ASSERT_EQ(c.elements.size(), 2u);
   EXPECT_EQ(c.elements[1].format, "raw");
   EXPECT_FALSE(c.elements[1].meta->backing.has_value());

@@ -188,7 +188,8 @@ TEST(EventLog, KeepsTheLastThousandEventsOnOneLineEach) {
   std::string text = log.Render();
   EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 1000);
   EXPECT_EQ(text.find(" /p/4 "), std::string::npos);
-  EXPECT_NE(text.find(" op /p/1004 ok line break\n"), std::string::npos);
+  // Issue 9: control characters are escaped, not replaced by a space.
+  EXPECT_NE(text.find(" op /p/1004 ok line\\nbreak\n"), std::string::npos);
   EXPECT_EQ(log.total(), 1005u);
   log.AddOnce("k", "scan", "/p", "skipped", "x");
   log.AddOnce("k", "scan", "/p", "skipped", "x");

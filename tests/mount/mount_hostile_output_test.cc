@@ -1,0 +1,159 @@
+// Output injection through the mount (issue 9): a pool full of the hostile
+// images of testutil::MakeHostileImages. Every volume's info.json parses
+// strictly, volume.xml, disk.xml and .pool.xml are valid XML 1.0 for
+// libvirt's schemas, problems holds exactly one line per problem, the
+// one-value files one line, and neither the tree nor .chainfs/log carries a
+// raw control character. Documents equal chainctl's, byte for byte.
+#include <dirent.h>
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "core/util/escape.h"
+#include "mount/mount_fixture.h"
+#include "util/hostile_images.h"
+
+namespace chainfs::mounttest {
+namespace {
+
+using testutil::HostileCase;
+using testutil::RunResult;
+using testutil::RunWithInput;
+
+constexpr const char* kSchemas = "/usr/share/libvirt/schemas/";
+
+std::string StrictJsonComplaint(const std::string& json) {
+  RunResult jq = RunWithInput({"jq", "."}, json);
+  if (jq.exit_code != 0) return "jq: " + jq.err;
+  RunResult py = RunWithInput(
+      {"python3", "-c", "import json,sys; json.loads(sys.stdin.buffer.read().decode('utf-8'))"},
+      json);
+  if (py.exit_code != 0) return "python3: " + py.err;
+  return "";
+}
+
+std::string XmlComplaint(const std::string& xml, const std::string& schema) {
+  RunResult wf = RunWithInput({"xmllint", "--noout", "-"}, xml);
+  if (wf.exit_code != 0) return "not well-formed: " + wf.err;
+  RunResult v = RunWithInput(
+      {"xmllint", "--noout", "--relaxng", std::string(kSchemas) + schema, "-"}, xml);
+  if (v.exit_code != 0) return schema + ": " + v.err;
+  return "";
+}
+
+std::string WrapDisk(const std::string& disk) {
+  return "<domain type='kvm'><name>x</name><memory>131072</memory><os><type>hvm</type></os>"
+         "<devices>" + disk + "</devices></domain>";
+}
+
+std::vector<std::string> Entries(const std::string& dir) {
+  std::vector<std::string> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) {
+    ADD_FAILURE() << "opendir " << core::EscapeOneLine(dir);
+    return out;
+  }
+  while (struct dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name != "." && name != "..") out.push_back(name);
+  }
+  ::closedir(d);
+  return out;
+}
+
+class MountHostileOutputTest : public MountTest {
+ protected:
+  void SetUp() override {
+    MountTest::SetUp();
+    cases_ = testutil::MakeHostileImages(pool_, false);
+  }
+  std::vector<HostileCase> cases_;
+};
+
+TEST_F(MountHostileOutputTest, EveryCaseKeepsItsDocumentsValidAndItsLinesCounted) {
+  ASSERT_GE(cases_.size(), 15u);
+  ASSERT_TRUE(MountPool());
+  for (const HostileCase& c : cases_) {
+    SCOPED_TRACE(c.label);
+    const std::string vol = M("p/" + c.top);
+    std::string json = ReadFile(vol + "/info.json");
+    EXPECT_EQ(testutil::FindRawControl(json), "") << json;
+    EXPECT_EQ(StrictJsonComplaint(json), "") << json;
+    EXPECT_EQ(json, Chainctl({"info", "--json", P(c.top)}));
+
+    std::string volume = ReadFile(vol + "/volume.xml");
+    EXPECT_EQ(XmlComplaint(volume, "storagevol.rng"), "") << volume;
+    std::string disk = ReadFile(vol + "/disk.xml");
+    EXPECT_EQ(XmlComplaint(WrapDisk(disk), "domain.rng"), "") << disk;
+    EXPECT_EQ(disk, Chainctl({"xml", "disk", P(c.top)}));
+
+    std::string problems = ReadFile(vol + "/problems");
+    EXPECT_EQ(testutil::CountLines(problems), c.problems) << core::EscapeOneLine(problems);
+    EXPECT_EQ(testutil::FindRawControl(problems), "") << core::EscapeOneLine(problems);
+    int rc = -1;
+    EXPECT_EQ(problems, Chainctl({"check", P(c.top)}, &rc));
+    EXPECT_EQ(rc, c.problems > 0 ? 1 : 0);
+
+    std::string info = ReadFile(vol + "/info");
+    EXPECT_EQ(testutil::FindRawControl(info), "") << core::EscapeOneLine(info);
+    std::string backing = ReadFile(vol + "/backing");
+    EXPECT_EQ(testutil::CountLines(backing), 1) << core::EscapeOneLine(backing);
+    EXPECT_LE(testutil::CountLines(ReadFile(vol + "/backing_format")), 1);
+
+    EXPECT_EQ(int(Entries(vol + "/chain").size()), c.elements);
+    for (int i = 0; i < c.elements; ++i) {
+      std::string element = vol + "/chain/" + std::to_string(i);
+      for (const char* f : {"path", "backing", "backing_format", "format"}) {
+        std::string v = ReadFile(element + "/" + f);
+        EXPECT_LE(testutil::CountLines(v), 1) << f << ": " << core::EscapeOneLine(v);
+        for (size_t k = 0; k + 1 < v.size(); ++k) {
+          unsigned char ch = static_cast<unsigned char>(v[k]);
+          EXPECT_TRUE(ch >= 0x20 && ch != 0x7f) << f << ": " << core::EscapeOneLine(v);
+        }
+      }
+    }
+  }
+}
+
+TEST_F(MountHostileOutputTest, EveryVolumeOfThePoolAndThePoolItselfStayValid) {
+  ASSERT_TRUE(MountPool());
+  std::string pool_xml = ReadFile(M("p/.pool.xml"));
+  EXPECT_EQ(XmlComplaint(pool_xml, "storagepool.rng"), "") << pool_xml;
+  // The hostile backing files whose names are printable (invalid UTF-8,
+  // noncharacters) are volumes too; those with control characters are left
+  // out, with the reason in the log.
+  std::vector<std::string> volumes = Entries(M("p"));
+  EXPECT_GT(volumes.size(), cases_.size());
+  for (const std::string& name : volumes) {
+    if (name == ".pool.xml") continue;
+    SCOPED_TRACE(core::EscapeOneLine(name));
+    EXPECT_EQ(name.find_first_of("\n\r\x01\x1b"), std::string::npos);
+    const std::string vol = M("p/" + name);
+    std::string json = ReadFile(vol + "/info.json");
+    EXPECT_EQ(StrictJsonComplaint(json), "") << json;
+    EXPECT_EQ(XmlComplaint(ReadFile(vol + "/volume.xml"), "storagevol.rng"), "");
+    EXPECT_EQ(XmlComplaint(WrapDisk(ReadFile(vol + "/disk.xml")), "domain.rng"), "");
+    EXPECT_EQ(testutil::FindRawControl(ReadFile(vol + "/problems")), "");
+    EXPECT_EQ(testutil::FindRawControl(ReadFile(vol + "/info")), "");
+  }
+  // The log names left-out entries and problems with escaped values only:
+  // every line is an event (a timestamp first), none is forged.
+  std::string log = Log();
+  EXPECT_EQ(testutil::FindRawControl(log), "") << core::EscapeOneLine(log);
+  size_t start = 0;
+  int events = 0;
+  while (start < log.size()) {
+    size_t end = log.find('\n', start);
+    ASSERT_NE(end, std::string::npos);
+    EXPECT_EQ(log.compare(start, 2, "20"), 0) << core::EscapeOneLine(log.substr(start, end - start));
+    ++events;
+    start = end + 1;
+  }
+  EXPECT_GT(events, 0);
+  EXPECT_NE(log.find("c01-ba"), std::string::npos) << core::EscapeOneLine(log);
+}
+
+}  // namespace
+}  // namespace chainfs::mounttest
