@@ -193,26 +193,43 @@ Result<MapExtent> ChainReader::MapOne(uint64_t offset, uint64_t length) const {
   }
 }
 
-Status ChainReader::MapStream(uint64_t offset, uint64_t length,
-                              const std::function<Status(const MapExtent&)>& emit) const {
+MapIterator ChainReader::MapFrom(uint64_t offset, uint64_t length) const {
   const uint64_t size = Size();
-  if (offset >= size) return Status::Ok();
-  const uint64_t end = offset + std::min(length, size - offset);
-  MapExtent cur;
-  cur.start = offset;
-  for (uint64_t pos = offset; pos < end;) {
-    Result<MapExtent> next = MapOne(pos, end - pos);
-    if (!next.ok()) return next.status();
-    pos += next->length;
-    if (Mergeable(cur, *next)) {
-      cur.length += next->length;
+  if (offset >= size) return MapIterator(*this, offset, offset);
+  return MapIterator(*this, offset, offset + std::min(length, size - offset));
+}
+
+Result<std::optional<MapExtent>> MapIterator::Next() {
+  while (pos_ < end_) {
+    Result<MapExtent> piece = reader_->MapOne(pos_, end_ - pos_);
+    if (!piece.ok()) {
+      pos_ = end_;
+      pending_.reset();
+      return piece.status();
+    }
+    pos_ += piece->length;
+    if (pending_ && Mergeable(*pending_, *piece)) {
+      pending_->length += piece->length;
       continue;
     }
-    if (cur.length > 0) CHAINFS_RETURN_IF_ERROR(emit(cur));
-    cur = std::move(*next);
+    std::optional<MapExtent> done = std::move(pending_);
+    pending_ = std::move(*piece);
+    if (done) return done;
   }
-  if (cur.length > 0) CHAINFS_RETURN_IF_ERROR(emit(cur));
-  return Status::Ok();
+  std::optional<MapExtent> last = std::move(pending_);
+  pending_.reset();
+  return last;
+}
+
+Status ChainReader::MapStream(uint64_t offset, uint64_t length,
+                              const std::function<Status(const MapExtent&)>& emit) const {
+  MapIterator it = MapFrom(offset, length);
+  for (;;) {
+    Result<std::optional<MapExtent>> e = it.Next();
+    if (!e.ok()) return e.status();
+    if (!*e) return Status::Ok();
+    CHAINFS_RETURN_IF_ERROR(emit(**e));
+  }
 }
 
 Result<std::vector<MapExtent>> ChainReader::Map(uint64_t offset, uint64_t length) const {
@@ -222,40 +239,6 @@ Result<std::vector<MapExtent>> ChainReader::Map(uint64_t offset, uint64_t length
     return Status::Ok();
   });
   if (!s.ok()) return s;
-  return out;
-}
-
-std::string MapToJson(const std::vector<MapExtent>& extents) {
-  std::string out = "[";
-  for (size_t i = 0; i < extents.size(); ++i) {
-    const MapExtent& e = extents[i];
-    out += fmt::format(
-        R"({{ "start": {}, "length": {}, "depth": {}, "present": {}, "zero": {}, "data": {})",
-        e.start, e.length, e.depth, e.present, e.zero, e.data);
-    if (e.offset) out += fmt::format(R"(, "offset": {})", *e.offset);
-    out += "}";
-    if (i + 1 < extents.size()) out += ",\n";
-  }
-  out += "]\n";
-  return out;
-}
-
-Result<std::string> MapToHuman(const std::vector<MapExtent>& extents) {
-  // qemu-img prints only ranges of stored data; it folds every other range
-  // into "zero" before merging, which never changes the printed lines, so the
-  // JSON extents filtered to data give the same output.
-  auto hex = [](uint64_t v) { return v == 0 ? std::string("0") : fmt::format("{:#x}", v); };
-  std::string out = fmt::format("{:<16}{:<16}{:<16}{}\n", "Offset", "Length", "Mapped to", "File");
-  for (size_t i = 0; i < extents.size(); ++i) {
-    const MapExtent& e = extents[i];
-    if (e.data && !e.offset && (i == 0 || !e.zero)) {
-      return Error(Code::kUnsupported, "File contains external, encrypted or compressed clusters.");
-    }
-    if (e.data && !e.zero) {
-      out += fmt::format("{:<16}{:<16}{:<16}{}\n", hex(e.start), hex(e.length),
-                         hex(e.offset.value_or(0)), e.file);
-    }
-  }
   return out;
 }
 

@@ -9,7 +9,8 @@
 //   Chain chain = ResolveChain(inspector, path);
 //   Result<std::unique_ptr<ChainReader>> r = ChainReader::Open(chain);
 //   (*r)->Read(offset, buffer);             // or ReadStream(...) for `cat`
-//   (*r)->Map();                            // or MapStream(...) for huge images
+//   MapIterator it = (*r)->MapFrom(0);      // the map, one merged extent at a time
+//   StreamMapText(**r, MapFormat::kJson, 0, UINT64_MAX, sink);  // `qemu-img map` text
 //
 // Thread-safety: after Open, every method is safe for any number of
 // concurrent callers (each element's file is opened once, read with pread;
@@ -28,29 +29,43 @@
 #include "core/chain/chain.h"
 #include "core/data/image_reader.h"
 #include "core/data/l2_cache.h"
+#include "core/data/map_text.h"
 #include "core/io/reader.h"
 #include "core/status.h"
 
 namespace chainfs::core {
 
-// One range of `qemu-img map --output=json`.
-struct MapExtent {
-  uint64_t start = 0;
-  uint64_t length = 0;
-  int depth = 0;         // chain index of the element that decides the range
-  bool present = false;  // some element allocates it (qemu's "present")
-  bool zero = false;     // reads as zeros
-  bool data = false;     // stored data
-  bool compressed = false;
-  std::optional<uint64_t> offset;  // host offset in `file`
-  std::string file;                // host file of `offset` ("" without an offset)
-  bool operator==(const MapExtent&) const = default;
-};
-
 // Tuning of a ChainReader.
 struct ChainReaderOptions {
   // Per-image L2 cache cap (qemu's default l2-cache-size on Linux).
   uint64_t l2_cache_max_bytes = kDefaultL2CacheMaxBytes;
+};
+
+class ChainReader;
+
+// Produces the merged extents of a ChainReader's map in guest order, one per
+// Next call, holding only the extent being merged (memory does not grow
+// with the number of extents; metadata comes through the images' caches).
+// Extents are maximal: an iterator started at the start of any extent it
+// (or another iterator over the same images) produced yields the same
+// extents from there on. Not thread-safe itself (one per thread); the
+// ChainReader must outlive it.
+class MapIterator {
+ public:
+  // Produces the next extent, nullopt after the last. Errors as
+  // ChainReader::Map; after an error the iterator is finished.
+  Result<std::optional<MapExtent>> Next();
+  // Returns the guest offset the next query starts at.
+  uint64_t position() const { return pos_; }
+
+ private:
+  friend class ChainReader;
+  MapIterator(const ChainReader& reader, uint64_t pos, uint64_t end)
+      : reader_(&reader), pos_(pos), end_(end) {}
+  const ChainReader* reader_;
+  uint64_t pos_;
+  uint64_t end_;
+  std::optional<MapExtent> pending_;  // merged so far, not yet handed out
 };
 
 class ChainReader : public Reader {
@@ -95,32 +110,30 @@ class ChainReader : public Reader {
   Status ReadStream(uint64_t offset, uint64_t length, const Sink& sink,
                     size_t chunk_bytes = 1u << 20) const;
 
-  // Lists the allocation of [offset, offset + length) (clamped to Size())
-  // as `qemu-img map --output=json` does: per range the depth that provides
-  // it, data/zero/present and the host offset, adjacent ranges merged when
-  // depth, flags and file agree and host offsets are contiguous.
-  Result<std::vector<MapExtent>> Map(uint64_t offset = 0,
-                                     uint64_t length = std::numeric_limits<uint64_t>::max()) const;
-  // Same as Map, handing each merged extent to `emit` as soon as it is
-  // final (memory stays constant for huge images). A non-ok return stops.
+  // Returns an iterator over the allocation of [offset, offset + length)
+  // (clamped to Size()) as `qemu-img map --output=json` lists it: per range
+  // the depth that provides it, data/zero/present and the host offset,
+  // adjacent ranges merged when depth, flags and file agree and host offsets
+  // are contiguous.
+  MapIterator MapFrom(uint64_t offset,
+                      uint64_t length = std::numeric_limits<uint64_t>::max()) const;
+  // Hands each extent of MapFrom(offset, length) to `emit` in order, as soon
+  // as it is final. A non-ok return of `emit` stops and is returned.
   Status MapStream(uint64_t offset, uint64_t length,
                    const std::function<Status(const MapExtent&)>& emit) const;
+  // Collects the extents of MapFrom(offset, length) in a vector: for
+  // bounded ranges (a rebase chunk, tests); a whole disk's map is read with
+  // MapFrom or StreamMapText, whose memory does not grow with it.
+  Result<std::vector<MapExtent>> Map(uint64_t offset = 0,
+                                     uint64_t length = std::numeric_limits<uint64_t>::max()) const;
 
  private:
+  friend class MapIterator;
   explicit ChainReader(std::vector<std::unique_ptr<ImageReader>> images);
   Status ReadFrom(size_t depth, uint64_t offset, std::span<uint8_t> out) const;
   Result<MapExtent> MapOne(uint64_t offset, uint64_t length) const;
 
   std::vector<std::unique_ptr<ImageReader>> images_;  // top first
 };
-
-// Renders extents exactly as `qemu-img map --output=json` prints them
-// (trailing newline included).
-std::string MapToJson(const std::vector<MapExtent>& extents);
-
-// Renders extents as `qemu-img map` (human format) prints them: a header
-// line, then one line per range with stored data. qemu-img refuses this
-// format for compressed data (no host offset): so does this, kUnsupported.
-Result<std::string> MapToHuman(const std::vector<MapExtent>& extents);
 
 }  // namespace chainfs::core

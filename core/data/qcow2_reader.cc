@@ -7,6 +7,7 @@
 #include "core/data/raw_reader.h"
 #include "core/io/file.h"
 #include "core/util/endian.h"
+#include "core/util/escape.h"
 
 namespace chainfs::core {
 namespace {
@@ -32,6 +33,7 @@ Qcow2Reader::Qcow2Reader(std::unique_ptr<Reader> image, std::string path, Qcow2H
     : image_(std::move(image)),
       path_(std::move(path)),
       header_(std::move(header)),
+      size_(Qcow2VirtualSize(header_)),
       l1_(std::move(l1)),
       geometry_(geometry),
       cluster_bits_(header_.cluster_bits),
@@ -125,7 +127,8 @@ Result<std::unique_ptr<Qcow2Reader>> Qcow2Reader::Open(std::unique_ptr<Reader> i
     }
     const std::string& name = *h.data_file;
     if (name.find(':') != std::string::npos && name.rfind("json:", 0) == 0) {
-      return Error(Code::kUnsupported, "'{}': data file '{}' is not a plain file", path, name);
+      return Error(Code::kUnsupported, "'{}': data file '{}' is not a plain file", path,
+                   ShortToken(name));
     }
     data_path = name[0] == '/' ? name : DirName(path) + "/" + name;
     Result<File> df = File::OpenRead(data_path);
@@ -201,6 +204,13 @@ Result<Qcow2Reader::Unit> Qcow2Reader::Classify(uint64_t pos, SliceHint& hint) c
   const bool has_cluster = host != 0 || (data_ && (entry & kFlagCopied));
   if (!header_.extended_l2()) {
     u.end = cluster_start + cluster_size_;
+    if ((entry & kFlagZero) && header_.version < 3) {
+      // qemu: "Zero cluster entry found in pre-v3 image"; EIO, not zeros.
+      return Error(Code::kCorrupt,
+                   "'{}': zero cluster entry for guest offset {:#x} in a version 2 (compat 0.10) "
+                   "image (L2 table at {:#x}, index {:#x}): the image is corrupt",
+                   path_, cluster_start, l2_offset, l2_index);
+    }
     if (entry & kFlagZero) {
       u.kind = host != 0 ? Kind::kZeroAlloc : Kind::kZeroPlain;
     } else {
@@ -251,8 +261,8 @@ Result<Qcow2Reader::Unit> Qcow2Reader::Classify(uint64_t pos, SliceHint& hint) c
 Result<BlockStatus> Qcow2Reader::GetStatus(uint64_t offset, uint64_t length, bool) const {
   BlockStatus st;
   st.start = offset;
-  if (offset >= header_.size || length == 0) return st;
-  const uint64_t end = offset + std::min(length, header_.size - offset);
+  if (offset >= size_ || length == 0) return st;
+  const uint64_t end = offset + std::min(length, size_ - offset);
   SliceHint hint;
   Result<Unit> first = Classify(offset, hint);
   if (!first.ok()) return first.status();

@@ -1,7 +1,9 @@
 // Qcow2Reader: the guest-visible bytes of one qcow2 image (v2 and v3),
 // without its backing: normal, zero and compressed clusters (zlib, zstd),
 // extended L2 entries with 32 subclusters, and external data files when the
-// caller allows following them. Encrypted images are kUnsupported.
+// caller allows following them. Encrypted images are kUnsupported. A zero
+// flag in a version 2 image (which has none) is corruption, as in qemu:
+// reading that cluster is kCorrupt, never zeros.
 //
 // Every offset taken from the image (L1 and L2 entries, compressed
 // descriptors) is checked against the file size and the format's alignment
@@ -48,7 +50,8 @@ class Qcow2Reader : public ImageReader {
                                                    const std::string& path,
                                                    const Qcow2ReaderOptions& options = {});
 
-  uint64_t Size() const override { return header_.size; }
+  // Returns the virtual size: the header's size field rounded down to 512.
+  uint64_t Size() const override { return size_; }
   Result<BlockStatus> GetStatus(uint64_t offset, uint64_t length, bool want_zero) const override;
   Status ReadData(uint64_t offset, const BlockStatus& st, std::span<uint8_t> out) const override;
   const std::string& HostPath(bool in_data_file) const override {
@@ -90,6 +93,7 @@ class Qcow2Reader : public ImageReader {
   std::unique_ptr<Reader> data_;  // the external data file, when followed
   std::string data_path_;
   Qcow2Header header_;
+  uint64_t size_;  // Qcow2VirtualSize(header_)
   std::vector<uint64_t> l1_;
   L2CacheGeometry geometry_;
   uint32_t cluster_bits_;

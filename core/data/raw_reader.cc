@@ -27,7 +27,7 @@ Status ReadZeroFilled(const Reader& file, uint64_t offset, std::span<uint8_t> ou
 RawReader::RawReader(std::string path, File file)
     : path_(std::move(path)),
       file_(std::move(file)),
-      size_((file_.Size() + 511) & ~uint64_t{511}) {}
+      size_(RawVirtualSize(file_.Size())) {}
 
 Result<std::unique_ptr<RawReader>> RawReader::Open(const std::string& path) {
   Result<File> f = File::OpenRead(path);

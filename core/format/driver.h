@@ -40,7 +40,26 @@ struct ImageMeta {
   // Header facts that make the image unusable or suspicious, one line each
   // (unknown incompatible bits, corrupt bit, ...). Shown in `problems`.
   std::vector<std::string> problems;
+  // Host bytes allocated by the other files this image's data lives in
+  // (the extent files of a vmdk descriptor), which qemu-img adds to the
+  // image's own allocation in its "actual-size"; 0 for one-file formats.
+  // Measured when the metadata was built (FormatDriver::AttachPath).
+  uint64_t external_allocation = 0;
 };
+
+// Returns qemu-img's "actual-size" of an image whose own file has
+// `own_allocation` bytes allocated (st_blocks * 512): that plus the
+// allocation of its extent files. `meta` may be null (not parsed).
+inline uint64_t QemuActualSize(uint64_t own_allocation, const ImageMeta* meta) {
+  return own_allocation + (meta ? meta->external_allocation : 0);
+}
+
+// Returns the virtual size qemu reports for a raw file of `file_size`
+// bytes: the size rounded up to a multiple of 512 (whole sectors).
+inline uint64_t RawVirtualSize(uint64_t file_size) {
+  return file_size > UINT64_MAX - 511 ? UINT64_MAX & ~uint64_t{511}
+                                      : (file_size + 511) & ~uint64_t{511};
+}
 
 // One image format. Implementations are stateless and thread-safe.
 class FormatDriver {
@@ -56,7 +75,8 @@ class FormatDriver {
   // kUnsupported with a one-line message, never a crash.
   virtual Result<ImageMeta> Parse(const Reader& r) const = 0;
   // Completes path-dependent fields of `meta` for an image opened as
-  // `image_path` (Parse never sees paths). Default: nothing to do.
+  // `image_path` (Parse never sees paths; this may stat, never open, the
+  // files the metadata names). Default: nothing to do.
   virtual void AttachPath(ImageMeta& /*meta*/, std::string_view /*image_path*/) const {}
 };
 

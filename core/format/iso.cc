@@ -3,9 +3,10 @@
 // 6 version; in the primary one, 80 volume space size (both-endian u32: LE
 // then BE) and 128 logical block size (both-endian u16).
 //
-// QEMU opens an ISO as raw and libvirt sizes it by the file, so the virtual
-// size is the file size; a primary descriptor claiming more than the file
-// holds is reported as a truncated image.
+// QEMU opens an ISO as raw, so the virtual size is what it reports for a raw
+// file: the file size rounded up to 512 (a real ISO is whole 2048-byte
+// sectors, where this is the file size libvirt shows); a primary descriptor
+// claiming more than the file holds is reported as a truncated image.
 #include <cstring>
 
 #include "core/format/all_drivers.h"
@@ -30,7 +31,7 @@ class IsoDriver final : public FormatDriver {
   Result<ImageMeta> Parse(const Reader& r) const override {
     ImageMeta m;
     m.format = "iso";
-    m.virtual_size = r.Size();
+    m.virtual_size = RawVirtualSize(r.Size());
     for (int i = 0; i < kMaxDescriptors; ++i) {
       uint8_t d[kSectorSize];
       uint64_t offset = kFirstDescriptor + i * kSectorSize;

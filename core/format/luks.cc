@@ -13,6 +13,7 @@
 
 #include "core/format/all_drivers.h"
 #include "core/util/endian.h"
+#include "core/util/escape.h"
 
 namespace chainfs::core {
 namespace {
@@ -71,7 +72,7 @@ void DescribeCipher(std::string_view cipher, std::string_view mode_spec, uint64_
     alg = std::string(cipher);
     problems.push_back(
         fmt::format("luks: cipher \"{}\" with a {}-byte key is not supported by QEMU",
-                    cipher.substr(0, 32), cipher_bytes));
+                    ShortToken(cipher), cipher_bytes));
   }
   data.Set("cipher-alg", alg);
   data.Set("cipher-mode", std::string(mode));

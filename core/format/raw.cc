@@ -1,4 +1,7 @@
-// raw: the default when nothing else matches. No header, no backing.
+// raw: the default when nothing else matches. No header, no backing. The
+// virtual size is the file size rounded up to 512 bytes, as qemu reports it
+// (qemu counts whole sectors); the tail past the end of the file reads as
+// zeros (core/data/raw_reader.h).
 #include "core/format/all_drivers.h"
 
 namespace chainfs::core {
@@ -12,7 +15,7 @@ class RawDriver final : public FormatDriver {
   Result<ImageMeta> Parse(const Reader& r) const override {
     ImageMeta m;
     m.format = "raw";
-    m.virtual_size = r.Size();
+    m.virtual_size = RawVirtualSize(r.Size());
     return m;
   }
 };

@@ -21,7 +21,9 @@
 #include <cstring>
 
 #include "core/format/all_drivers.h"
+#include "core/io/file.h"
 #include "core/util/endian.h"
+#include "core/util/escape.h"
 
 namespace chainfs::core {
 namespace {
@@ -155,7 +157,8 @@ Result<ImageMeta> ParseTextDescriptor(const Reader& r) {
   if (d->create_type.empty()) return Error(Code::kCorrupt, "vmdk: descriptor has no createType");
   if (!IsQemuCreateType(d->create_type)) {
     m.problems.push_back(
-        fmt::format("vmdk: createType \"{}\" is not supported by QEMU", d->create_type));
+        fmt::format("vmdk: createType \"{}\" is not supported by QEMU",
+                    ShortToken(d->create_type)));
   }
   Json extents = Json::MakeArray();
   uint64_t total = 0;
@@ -266,6 +269,29 @@ Result<ImageMeta> ParseVmdk4(const Reader& r) {
   return m;
 }
 
+// Sums st_blocks * 512 over the extent files (names already resolved) other
+// than the image itself: qemu-img's "actual-size" of a vmdk adds them to the
+// descriptor's own (a monolithicFlat image is its descriptor and its -flat
+// file). Files are only stat'ed; one that cannot be, or is neither a
+// regular file nor a block device, adds nothing.
+uint64_t ExtentFilesAllocation(const Json& format_specific, std::string_view image_path) {
+  const Json* data = format_specific.Find("data");
+  const Json* extents = data ? data->Find("extents") : nullptr;
+  if (!extents || !extents->is_array()) return 0;
+  Result<FileStat> self = StatPath(std::string(image_path));
+  uint64_t sum = 0;
+  for (const Json& e : extents->as_array()) {
+    const Json* name = e.Find("filename");
+    if (!name || !name->is_string() || name->as_string().empty()) continue;
+    if (name->as_string() == image_path) continue;
+    Result<FileStat> st = StatPath(name->as_string());
+    if (!st.ok() || !(st->IsRegular() || st->IsBlockDevice())) continue;
+    if (self.ok() && st->id.dev == self->id.dev && st->id.ino == self->id.ino) continue;
+    sum += st->allocation;
+  }
+  return sum;
+}
+
 class VmdkDriver final : public FormatDriver {
  public:
   std::string_view Name() const override { return "vmdk"; }
@@ -278,11 +304,12 @@ class VmdkDriver final : public FormatDriver {
     return ProbeVmdkDescriptor(head);
   }
 
-  // Spells extent names as qemu-img does for the path the image was opened as.
+  // Spells extent names as qemu-img does for the path the image was opened
+  // as, and measures what the extent files allocate.
   void AttachPath(ImageMeta& meta, std::string_view image_path) const override {
-    if (!meta.format_specific.is_null()) {
-      meta.format_specific = ResolveVmdkExtentNames(meta.format_specific, image_path);
-    }
+    if (meta.format_specific.is_null()) return;
+    meta.format_specific = ResolveVmdkExtentNames(meta.format_specific, image_path);
+    meta.external_allocation = ExtentFilesAllocation(meta.format_specific, image_path);
   }
 
   Result<ImageMeta> Parse(const Reader& r) const override {
@@ -318,7 +345,7 @@ Result<VmdkDescriptor> ParseVmdkDescriptor(std::string_view text) {
       if (first == "NOACCESS") continue;  // QEMU ignores these, as do we
       if (!IsExtentType(e->type)) {
         d.problems.push_back(fmt::format("vmdk: descriptor line {}: unsupported extent type \"{}\"",
-                                         line_no, e->type.substr(0, 32)));
+                                         line_no, ShortToken(e->type)));
       }
       if (d.extents.size() >= kMaxExtents) {
         return Error(Code::kCorrupt, "vmdk: descriptor lists more than {} extents", kMaxExtents);

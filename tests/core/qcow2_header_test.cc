@@ -523,7 +523,7 @@ TEST(Qcow2Header, IgnoresMalformedBitmapDirectoryWithProblem) {
   EXPECT_TRUE(HasProblemContaining(m->problems, "bitmaps ignored"));
 }
 
-TEST(Qcow2Driver, ProbesVersionsTwoAndThreeOnly) {
+TEST(Qcow2Driver, ProbesVersionsTwoAndAbove) {
   const FormatDriver& d = Driver();
   std::vector<uint8_t> head = {'Q', 'F', 'I', 0xfb, 0, 0, 0, 3};
   EXPECT_EQ(d.Probe(head, 1 << 20), 100);
@@ -531,8 +531,12 @@ TEST(Qcow2Driver, ProbesVersionsTwoAndThreeOnly) {
   EXPECT_EQ(d.Probe(head, 1 << 20), 100);
   head[7] = 1;  // qcow v1 belongs to the qcow driver
   EXPECT_EQ(d.Probe(head, 1 << 20), 0);
-  head[7] = 4;
+  head[7] = 0;
   EXPECT_EQ(d.Probe(head, 1 << 20), 0);
+  // Issue 9, as qemu: an unknown version is a qcow2 image qemu cannot open
+  // ("Unsupported qcow2 version 4"), never raw.
+  head[7] = 4;
+  EXPECT_EQ(d.Probe(head, 1 << 20), 100);
   EXPECT_EQ(d.Probe(std::span<const uint8_t>(head.data(), 7), 7), 0);
   EXPECT_EQ(d.Probe({}, 0), 0);
   MemoryReader r(CraftQcow2Image(CraftOptions{}));
@@ -553,7 +557,7 @@ TEST(Qcow2Driver, FillsImageMetaFromHeader) {
   Result<ImageMeta> m = ParseMeta(CraftQcow2Image(o));
   ASSERT_TRUE(m.ok()) << m.status().ToString();
   EXPECT_EQ(m->format, "qcow2");
-  EXPECT_EQ(m->virtual_size, 123456789u);
+  EXPECT_EQ(m->virtual_size, 123456789u / 512 * 512);  // whole sectors, as qemu (issue 9)
   EXPECT_EQ(m->cluster_size, 16384u);
   EXPECT_EQ(m->backing, "../other pool/base.img");
   EXPECT_EQ(m->backing_format, "raw");

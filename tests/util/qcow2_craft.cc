@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 
 #include "core/io/file.h"
 #include "core/util/endian.h"
@@ -269,6 +270,82 @@ Status SetBackingString(const std::string& path, const std::string& backing,
     if (e.type != core::kQcow2ExtBackingFormat) exts.push_back(e);
   }
   return RewriteHeaderArea(file->fd(), h, exts, backing);
+}
+
+namespace {
+
+constexpr uint64_t kL2OffsetMask = 0x00fffffffffffe00ull;
+constexpr uint64_t kCopiedFlag = 1ull << 63;
+
+core::Qcow2Header MustParse(const std::vector<uint8_t>& image) {
+  core::Result<core::Qcow2Header> h = core::ParseQcow2Header(core::MemoryReader(image));
+  if (!h.ok()) std::abort();  // a helper misused by a test: not an image
+  return std::move(*h);
+}
+
+// Returns the file offset of the L2 entry for guest cluster `cluster`, or
+// kNotFound.
+core::Result<uint64_t> L2EntryOffset(const core::File& f, const core::Qcow2Header& h,
+                                     uint64_t cluster) {
+  const uint64_t l2_entries = h.cluster_size() / (h.extended_l2() ? 16 : 8);
+  const uint64_t l1_index = cluster / l2_entries;
+  if (l1_index >= h.l1_size) return Error(Code::kNotFound, "cluster {} is past the L1 table", cluster);
+  uint8_t b[8];
+  CHAINFS_RETURN_IF_ERROR(core::ReadExact(f, h.l1_table_offset + l1_index * 8, b, "L1 entry"));
+  const uint64_t l2 = core::LoadBe64(b) & kL2OffsetMask;
+  if (l2 == 0) return Error(Code::kNotFound, "no L2 table maps cluster {}", cluster);
+  return l2 + (cluster % l2_entries) * (h.extended_l2() ? 16 : 8);
+}
+
+}  // namespace
+
+uint64_t CraftAppendCluster(std::vector<uint8_t>& image, uint8_t fill) {
+  const uint64_t cs = MustParse(image).cluster_size();
+  const uint64_t at = CeilDiv(image.size(), cs) * cs;
+  image.resize(at, 0);
+  image.resize(at + cs, fill);
+  return at;
+}
+
+uint64_t CraftAppendL2Table(std::vector<uint8_t>& image, uint64_t l1_index) {
+  const core::Qcow2Header h = MustParse(image);
+  if (l1_index >= h.l1_size || h.l1_table_offset + (l1_index + 1) * 8 > image.size()) std::abort();
+  const uint64_t at = CraftAppendCluster(image, 0);
+  core::StoreBe64(image.data() + h.l1_table_offset + l1_index * 8, at | kCopiedFlag);
+  return at;
+}
+
+void CraftSetL2Entry(std::vector<uint8_t>& image, uint64_t l2_offset, uint64_t index,
+                     uint64_t entry) {
+  if (l2_offset + (index + 1) * 8 > image.size()) std::abort();
+  core::StoreBe64(image.data() + l2_offset + index * 8, entry);
+}
+
+core::Result<uint64_t> ReadL2Entry(const std::string& path, uint64_t cluster) {
+  core::Result<core::File> f = core::File::OpenRead(path);
+  if (!f.ok()) return f.status();
+  core::Result<core::Qcow2Header> h = core::ParseQcow2Header(*f);
+  if (!h.ok()) return h.status();
+  core::Result<uint64_t> at = L2EntryOffset(*f, *h, cluster);
+  if (!at.ok()) return at.status();
+  uint8_t b[8];
+  CHAINFS_RETURN_IF_ERROR(core::ReadExact(*f, *at, b, "L2 entry"));
+  return core::LoadBe64(b);
+}
+
+Status WriteL2Entry(const std::string& path, uint64_t cluster, uint64_t entry) {
+  core::Qcow2Header h;
+  core::Result<core::File> f = OpenForRewrite(path, h);
+  if (!f.ok()) return f.status();
+  core::Result<uint64_t> at = L2EntryOffset(*f, h, cluster);
+  if (!at.ok()) return at.status();
+  uint8_t b[8];
+  core::StoreBe64(b, entry);
+  if (::pwrite(f->fd(), b, sizeof(b), off_t(*at)) != ssize_t(sizeof(b))) {
+    return Status::FromErrno(errno, "pwrite " + path);
+  }
+  if (::fsync(f->fd()) != 0) return Status::FromErrno(errno, "fsync " + path);
+  return Status::Ok();
 }
 
 }  // namespace chainfs::testutil

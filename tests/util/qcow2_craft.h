@@ -70,4 +70,27 @@ core::Status StripBackingFormat(const std::string& path);
 core::Status SetBackingString(const std::string& path, const std::string& backing,
                               const std::optional<std::string>& format);
 
+// --- Guest clusters of an image held in memory (for readers' tests) --------
+// These edit a CraftQcow2Image (or any qcow2 image in memory with an L1
+// table) without touching refcounts: what they make reads as intended, but
+// `qemu-img check` reports the new clusters as unreferenced.
+
+// Appends a zeroed, cluster-aligned L2 table, points L1 entry `l1_index` at
+// it (with the copied flag) and returns its host offset.
+uint64_t CraftAppendL2Table(std::vector<uint8_t>& image, uint64_t l1_index);
+// Appends one cluster filled with `fill` and returns its host offset.
+uint64_t CraftAppendCluster(std::vector<uint8_t>& image, uint8_t fill);
+// Sets the standard (8-byte) entry `index` of the L2 table at `l2_offset`.
+void CraftSetL2Entry(std::vector<uint8_t>& image, uint64_t l2_offset, uint64_t index,
+                     uint64_t entry);
+
+// --- L2 entries of an image file ------------------------------------------
+
+// Returns the standard (8-byte) L2 entry that maps guest cluster `cluster`
+// of the qcow2 file at `path`. kNotFound if no L2 table covers it.
+core::Result<uint64_t> ReadL2Entry(const std::string& path, uint64_t cluster);
+// Overwrites that entry with `entry` (one pwrite + fsync): e.g. a zero flag
+// qemu-img never writes into a version 2 image. kNotFound as ReadL2Entry.
+core::Status WriteL2Entry(const std::string& path, uint64_t cluster, uint64_t entry);
+
 }  // namespace chainfs::testutil

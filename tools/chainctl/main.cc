@@ -14,6 +14,7 @@
 #include "core/chain/resolver.h"
 #include "core/pool/catalog.h"
 #include "core/render/render.h"
+#include "core/util/escape.h"
 #include "core/write/create.h"
 #include "core/write/rebase.h"
 #include "core/write/retarget.h"
@@ -186,7 +187,7 @@ std::unique_ptr<core::ChainReader> OpenData(Context& ctx, const std::string& ima
   if (!ResolveTop(ctx, image, &chain)) return nullptr;
   core::Result<std::unique_ptr<core::ChainReader>> reader = core::ChainReader::Open(chain);
   if (!reader.ok()) {
-    std::fprintf(stderr, "chainctl: %s\n", reader.status().message().c_str());
+    std::fprintf(stderr, "chainctl: %s\n", core::EscapeOneLine(reader.status().message()).c_str());
     return nullptr;
   }
   return std::move(*reader);
@@ -207,18 +208,29 @@ int CmdMap(Context& ctx, const std::vector<std::string>& args) {
   if (images.size() != 1) return UsageError("map: expected exactly one IMAGE");
   std::unique_ptr<core::ChainReader> reader = OpenData(ctx, images[0]);
   if (!reader) return kExitError;
-  core::Result<std::vector<core::MapExtent>> extents = reader->Map();
-  if (!extents.ok()) {
-    std::fprintf(stderr, "chainctl: map: %s\n", extents.status().message().c_str());
+  // Printed as the extents are found (qemu-img map streams too): memory stays
+  // bounded however many extents the image has.
+  bool write_failed = false;
+  core::Status s = core::StreamMapText(
+      *reader, json ? core::MapFormat::kJson : core::MapFormat::kHuman, 0, reader->Size(),
+      [&write_failed](std::string_view text) -> core::Status {
+        if (std::fwrite(text.data(), 1, text.size(), stdout) != text.size()) {
+          write_failed = true;
+          return core::Status::FromErrno(errno, "write to stdout");
+        }
+        return core::Status::Ok();
+      });
+  if (std::fflush(stdout) != 0 && s.ok()) {
+    write_failed = true;
+    s = core::Status::FromErrno(errno, "write to stdout");
+  }
+  if (!s.ok()) {
+    const bool human_refused = !json && !write_failed && s.code() == core::Code::kUnsupported;
+    std::fprintf(stderr, "chainctl: map: %s%s\n", core::EscapeOneLine(s.message()).c_str(),
+                 human_refused ? " (use --json)" : "");
     return kExitError;
   }
-  if (json) return WriteOut(core::MapToJson(*extents)) ? kExitOk : kExitError;
-  core::Result<std::string> human = core::MapToHuman(*extents);
-  if (!human.ok()) {
-    std::fprintf(stderr, "chainctl: map: %s (use --json)\n", human.status().message().c_str());
-    return kExitError;
-  }
-  return WriteOut(*human) ? kExitOk : kExitError;
+  return kExitOk;
 }
 
 int CmdCat(Context& ctx, const std::vector<std::string>& args) {
@@ -249,7 +261,7 @@ int CmdCat(Context& ctx, const std::vector<std::string>& args) {
         return core::Status::Ok();
       });
   if (!s.ok()) {
-    std::fprintf(stderr, "chainctl: cat: %s\n", s.message().c_str());
+    std::fprintf(stderr, "chainctl: cat: %s\n", core::EscapeOneLine(s.message()).c_str());
     return kExitError;
   }
   return kExitOk;

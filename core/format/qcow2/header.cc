@@ -9,6 +9,7 @@
 
 #include "core/format/all_drivers.h"
 #include "core/util/endian.h"
+#include "core/util/escape.h"
 
 namespace chainfs::core {
 namespace {
@@ -190,8 +191,10 @@ std::string DescribeIncompatibleBits(const Qcow2Header& h, uint64_t bits) {
   for (uint8_t bit = 0; bit < 64; ++bit) {
     if (!(bits & (uint64_t{1} << bit))) continue;
     if (!out.empty()) out += ", ";
+    // The name comes from the image's feature table: only a short token of it.
     std::string name = h.FeatureName(0, bit);
-    out += name.empty() ? fmt::format("bit {}", bit) : fmt::format("'{}' (bit {})", name, bit);
+    out += name.empty() ? fmt::format("bit {}", bit)
+                        : fmt::format("'{}' (bit {})", ShortToken(name), bit);
   }
   return out;
 }
@@ -381,10 +384,12 @@ void CheckConsistency(const Reader& r, Qcow2Header& h) {
 class Qcow2Driver final : public FormatDriver {
  public:
   std::string_view Name() const override { return "qcow2"; }
+  // qemu's rule: the magic and a version of at least 2. A version this
+  // parser does not know (4, 0xffffffff) is still a qcow2 image, one that
+  // cannot be opened, never raw; version 1 is qcow's, 0 nobody's (raw).
   int Probe(std::span<const uint8_t> head, uint64_t) const override {
     if (head.size() < 8 || LoadBe32(head.data()) != kQcow2Magic) return 0;
-    uint32_t version = LoadBe32(head.data() + kQcow2OffVersion);
-    return version == 2 || version == 3 ? 100 : 0;
+    return LoadBe32(head.data() + kQcow2OffVersion) >= 2 ? 100 : 0;
   }
   Result<ImageMeta> Parse(const Reader& r) const override {
     Result<Qcow2Header> h = ParseQcow2Header(r);
@@ -425,7 +430,8 @@ Result<Qcow2Header> ParseQcow2Header(const Reader& r) {
   }
   h.version = LoadBe32(b + kQcow2OffVersion);
   if (h.version != 2 && h.version != 3) {
-    return Error(Code::kUnsupported, "qcow2 version {} is not supported (only 2 and 3)", h.version);
+    // qemu's wording.
+    return Error(Code::kUnsupported, "Unsupported qcow2 version {}", h.version);
   }
   const size_t fixed = h.version == 2 ? kQcow2V2HeaderLength : kQcow2V3MinHeaderLength;
   CHAINFS_RETURN_IF_ERROR(ReadExact(r, 0, std::span<uint8_t>(b, fixed), "qcow2 header"));
@@ -530,7 +536,7 @@ Result<Qcow2Header> ParseQcow2Header(const Reader& r) {
 ImageMeta Qcow2HeaderToMeta(const Qcow2Header& h, const Reader& r) {
   ImageMeta m;
   m.format = "qcow2";
-  m.virtual_size = h.size;
+  m.virtual_size = Qcow2VirtualSize(h);
   m.cluster_size = h.cluster_size();
   m.backing = h.backing_file;
   m.backing_format = h.backing_format;

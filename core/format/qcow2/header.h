@@ -139,7 +139,7 @@ struct Qcow2Header {
   uint64_t backing_file_offset = 0;  // 0: no backing file
   uint32_t backing_file_size = 0;
   uint32_t cluster_bits = 0;  // 9..21
-  uint64_t size = 0;          // virtual disk size in bytes
+  uint64_t size = 0;          // virtual disk size field as stored (see Qcow2VirtualSize)
   uint32_t crypt_method = 0;  // kQcow2Crypt*
   uint32_t l1_size = 0;       // entries
   uint64_t l1_table_offset = 0;
@@ -205,6 +205,11 @@ struct Qcow2Header {
 // the end of the file; kUnsupported for a version other than 2 or 3.
 // Softer inconsistencies go to Qcow2Header::problems.
 Result<Qcow2Header> ParseQcow2Header(const Reader& r);
+
+// Returns the guest-visible size of an image with header `h`: its size
+// field rounded down to a multiple of 512, as qemu counts whole sectors
+// (a stored 1000 is a 512-byte disk).
+inline uint64_t Qcow2VirtualSize(const Qcow2Header& h) { return h.size & ~uint64_t{511}; }
 
 // Builds the ImageMeta the driver reports (format "qcow2", sizes, backing,
 // features, qemu-img's format-specific object). Reads the LUKS header
