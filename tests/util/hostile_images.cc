@@ -78,7 +78,8 @@ std::vector<HostileCase> MakeHostileImages(const std::string& dir, bool hostile_
 
   p = add("backing format with a newline", 2, 1);
   RawFile(dir, p + "base.raw");
-  Overlay(dir, top(), p + "base.raw", "raw\n0: forged problem -- fix: rm -rf /");
+  // qemu refuses a backing format of 16 bytes or more (a corrupt header).
+  Overlay(dir, top(), p + "base.raw", "raw\n1: forged");
 
   p = add("backing format with a screen-clearing sequence and invalid UTF-8", 2, 1);
   RawFile(dir, p + "base.raw");
@@ -105,9 +106,9 @@ std::vector<HostileCase> MakeHostileImages(const std::string& dir, bool hostile_
   RawFile(dir, p + "\xc2\x85\xc2\x9bnext.raw");
   Overlay(dir, top(), p + "\xc2\x85\xc2\x9bnext.raw", "raw");
 
-  add("NUL byte inside the backing string", 1, 1);
+  // Read up to the NUL, as qemu does: a missing "a".
+  add("NUL byte inside the backing string", 2, 1);
   Overlay(dir, top(), std::string("a\0b.raw", 7), "raw");
-  cases.back().qemu_compares = false;  // qemu reads the string up to the NUL
 
   p = add("shell quotes and command substitution in a missing backing", 2, 1);
   Overlay(dir, top(), p + "x'$(touch pwned)'\n.raw", "raw");
