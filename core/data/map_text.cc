@@ -54,8 +54,12 @@ Status MapTextRenderer::Add(const MapExtent& e, std::string& out) {
     if (e.data && !e.zero) {
       // A host path is one line of this table: escaped (unchanged for any
       // ordinary path, so the table stays qemu-img's).
-      AppendHumanLine(Hex(e.start), Hex(e.length), Hex(e.offset.value_or(0)),
-                      EscapeOneLine(e.file), out);
+      if (e.file != last_file_) {
+        last_file_ = std::string(e.file);
+        last_file_escaped_ = EscapeOneLine(e.file);
+      }
+      AppendHumanLine(Hex(e.start), Hex(e.length), Hex(e.offset.value_or(0)), last_file_escaped_,
+                      out);
     }
   }
   pos_.text_offset += out.size() - before;

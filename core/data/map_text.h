@@ -39,7 +39,10 @@ struct MapExtent {
   bool data = false;     // stored data
   bool compressed = false;
   std::optional<uint64_t> offset;  // host offset in `file`
-  std::string file;                // host file of `offset` ("" without an offset)
+  // Host file of `offset` ("" without an offset). From ChainReader::MapFrom
+  // it views the path its ChainReader keeps: valid while the reader lives,
+  // and no allocation per extent.
+  std::string_view file;
   bool operator==(const MapExtent&) const = default;
 };
 
@@ -81,6 +84,9 @@ class MapTextRenderer {
   MapFormat format_;
   MapResumePoint pos_;
   bool started_;  // the opening text is written
+  // The host file last printed, escaped once (human format).
+  std::string last_file_;
+  std::string last_file_escaped_;
 };
 
 // Renders `extents` exactly as `qemu-img map --output=json` prints them

@@ -57,7 +57,9 @@ struct Layout {
   uint64_t total_clusters = 0;
 };
 
-Layout ComputeLayout(const CraftOptions& opts) {
+// `extra_clusters` more clusters (placed after the L1 table by the caller)
+// are covered by the refcount structures too.
+Layout ComputeLayout(const CraftOptions& opts, uint64_t extra_clusters = 0) {
   const uint64_t cs = uint64_t{1} << opts.cluster_bits;
   const bool extended = opts.incompatible_features & core::kQcow2IncompatExtendedL2;
   const uint64_t l2_entries = cs / (extended ? 16 : 8);
@@ -67,7 +69,7 @@ Layout ComputeLayout(const CraftOptions& opts) {
   const uint64_t per_block = (cs * 8) >> opts.refcount_order;
   uint64_t rt = 1, rb = 1;
   for (;;) {  // grow until the refcount structures cover themselves
-    uint64_t total = 1 + rt + rb + l1_clusters;
+    uint64_t total = 1 + rt + rb + l1_clusters + extra_clusters;
     uint64_t need_rb = CeilDiv(total, per_block);
     uint64_t need_rt = CeilDiv(need_rb * 8, cs);
     if (need_rb <= rb && need_rt <= rt) break;
@@ -346,6 +348,71 @@ Status WriteL2Entry(const std::string& path, uint64_t cluster, uint64_t entry) {
   }
   if (::fsync(f->fd()) != 0) return Status::FromErrno(errno, "fsync " + path);
   return Status::Ok();
+}
+
+std::vector<uint8_t> CraftQcow2WithClusters(const CraftOptions& opts,
+                                           const std::function<CraftCluster(uint64_t)>& kind) {
+  const uint64_t cs = uint64_t{1} << opts.cluster_bits;
+  const bool extended = opts.incompatible_features & core::kQcow2IncompatExtendedL2;
+  if (extended) std::abort();  // standard L2 entries only
+  const uint64_t l2_entries = cs / 8;
+  const uint64_t guest = CeilDiv(opts.size, cs);
+  // First pass: which L2 tables are needed, how many data clusters.
+  std::vector<bool> table_needed(CeilDiv(guest, l2_entries), false);
+  uint64_t tables = 0, data = 0;
+  for (uint64_t i = 0; i < guest; ++i) {
+    const CraftCluster k = kind(i);
+    if (k == CraftCluster::kZero && opts.version < 3) std::abort();  // no zero flag in v2
+    if (k == CraftCluster::kUnallocated) continue;
+    if (k == CraftCluster::kData) ++data;
+    if (!table_needed[i / l2_entries]) {
+      table_needed[i / l2_entries] = true;
+      ++tables;
+    }
+  }
+  const Layout l = ComputeLayout(opts, tables + data);
+  const uint64_t total = l.total_clusters + tables + data;
+  std::vector<uint8_t> image = BuildHeaderArea(opts, l);
+  image.resize(total * cs, 0);
+  for (uint64_t i = 0; i < l.refcount_blocks; ++i) {
+    core::StoreBe64(image.data() + l.refcount_table_offset + i * 8,
+                    l.refcount_blocks_offset + i * cs);
+  }
+  const uint64_t per_block = (cs * 8) >> opts.refcount_order;
+  for (uint64_t c = 0; c < total; ++c) {
+    uint8_t* block = image.data() + l.refcount_blocks_offset + (c / per_block) * cs;
+    SetRefcountOne(block, c % per_block, 1u << opts.refcount_order);
+  }
+  // Second pass: tables and data after the L1 table, in guest order.
+  uint64_t next = l.total_clusters;
+  uint64_t table = 0;
+  for (uint64_t i = 0; i < guest; ++i) {
+    const uint64_t j = i / l2_entries;
+    if (!table_needed[j]) {
+      i = (j + 1) * l2_entries - 1;
+      continue;
+    }
+    if (i % l2_entries == 0) {
+      table = next++ * cs;
+      core::StoreBe64(image.data() + l.l1_table_offset + j * 8, table | kCopiedFlag);
+    }
+    uint64_t entry = 0;
+    switch (kind(i)) {
+      case CraftCluster::kUnallocated:
+        break;
+      case CraftCluster::kZero:
+        entry = 1;
+        break;
+      case CraftCluster::kData: {
+        const uint64_t host = next++ * cs;
+        std::fill_n(image.begin() + int64_t(host), cs, CraftDataByte(i));
+        entry = host | kCopiedFlag;
+        break;
+      }
+    }
+    core::StoreBe64(image.data() + table + (i % l2_entries) * 8, entry);
+  }
+  return image;
 }
 
 }  // namespace chainfs::testutil

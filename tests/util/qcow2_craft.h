@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -83,6 +84,26 @@ uint64_t CraftAppendCluster(std::vector<uint8_t>& image, uint8_t fill);
 // Sets the standard (8-byte) entry `index` of the L2 table at `l2_offset`.
 void CraftSetL2Entry(std::vector<uint8_t>& image, uint64_t l2_offset, uint64_t index,
                      uint64_t entry);
+
+// --- Whole images with chosen guest clusters --------------------------------
+
+// What one guest cluster of CraftQcow2WithClusters is.
+enum class CraftCluster {
+  kUnallocated,  // no L2 entry: the backing (or zeros) shows through
+  kData,         // a data cluster filled with CraftDataByte(index)
+  kZero,         // the zero flag without a host cluster (version 3 only)
+};
+
+// Returns the byte that fills the data cluster of guest cluster `index`.
+inline uint8_t CraftDataByte(uint64_t index) { return uint8_t(1 + index % 251); }
+
+// Builds a complete, consistent image (standard L2 entries; refcounts right,
+// so `qemu-img check` is clean) whose guest cluster i is kind(i), L2 tables
+// and data clusters after the L1 table in guest order. `kind` is called
+// twice per cluster and must answer the same both times. Aborts for
+// extended L2 or a zero cluster in version 2.
+std::vector<uint8_t> CraftQcow2WithClusters(const CraftOptions& opts,
+                                           const std::function<CraftCluster(uint64_t)>& kind);
 
 // --- L2 entries of an image file ------------------------------------------
 
