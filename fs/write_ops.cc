@@ -8,15 +8,17 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <pugixml.hpp>
 #include <vector>
 
 #include "core/chain/backing_ref.h"
 #include "core/format/driver.h"
 #include "core/format/qcow2/writer.h"
 #include "core/pool/pool_scan.h"
+#include "core/util/escape.h"
+#include "core/util/shell.h"
 #include "core/write/create.h"
 #include "core/write/in_use.h"
+#include "core/write/loop_check.h"
 #include "core/write/rebase.h"
 #include "core/write/remove.h"
 #include "core/write/rename.h"
@@ -232,6 +234,43 @@ bool IsBlank(std::string_view s) {
                      [](char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; });
 }
 
+// The trust context of the mount's writes: the pools' recorded formats and
+// volumes, and refusals phrased as the mount's file operations (POOL/VOL
+// when the image is a volume; chainctl's command where the mount has no
+// file for it).
+core::TrustContext MountTrust(FsState& fs) {
+  core::TrustContext trust = fs.catalog.MakeTrustContext(fs.inspector);
+  core::VolumeLocator locate = fs.catalog.MakeLocator();
+  trust.suggest = [locate](const core::SuggestionArgs& a) -> std::string {
+    std::optional<std::string> vol;
+    if (locate && !a.image.empty()) vol = locate(a.image);
+    const std::string v = vol ? core::ShellQuote(*vol) : std::string("VOL");
+    const std::string b = core::ShellQuote(a.backing);
+    switch (a.what) {
+      case core::Suggestion::kDeclareFormatForCreate:
+        return fmt::format(
+            "write to POOL/.create a <volume> whose <backingStore> has <path>{}</path> and "
+            "<format type='FMT'/>, or chainctl create -F FMT -b {} NEW",
+            core::EscapeOneLine(a.backing), b);
+      case core::Suggestion::kDeclareFormatForRetarget:
+        return fmt::format(
+            "echo FMT > {}/backing_format, then echo {} > {}/backing again (a recorded format "
+            "that the new backing probes as is kept), or chainctl rebase -u -F FMT -b {} {}",
+            v, b, v, b, core::ShellQuote(a.image));
+      case core::Suggestion::kDeclareFormatForRebase:
+        return fmt::format("{}/rebase takes no format: chainctl rebase -F FMT -b {} {}", v, b,
+                           core::ShellQuote(a.image));
+      case core::Suggestion::kRetargetInstead:
+        return fmt::format("echo {} > {}/backing (metadata only, when it holds the same data)", b,
+                           v);
+      case core::Suggestion::kFlattenInstead:
+        return fmt::format("echo '' > {}/rebase", v);
+    }
+    return core::ChainctlSuggestion(a);
+  };
+  return trust;
+}
+
 // Strips the one trailing newline `echo` adds; refuses anything else that
 // is not a single line.
 Result<std::string> OneLine(std::string_view value, const char* what) {
@@ -268,7 +307,7 @@ Status ApplyBacking(FsState& fs, const Caller& caller, const NodeKey& key, std::
     Status readable = CheckCallerReads(caller, ref->resolved_path);
     if (!readable.ok() && readable.code() != Code::kNotFound) return readable;
   }
-  core::TrustContext trust = fs.catalog.MakeTrustContext(fs.inspector);
+  core::TrustContext trust = MountTrust(fs);
   Status s = core::Retarget(fs.inspector, v->path, backing, trust);
   if (s.ok()) AfterChange(fs, {v->path}, true);
   return s;
@@ -346,7 +385,7 @@ Status ApplyRebase(FsState& fs, const Caller& caller, const NodeKey& key, std::s
 
   const std::string image_path = v->path;
   const std::string log_path = NodeKey(NodeKind::kVolumeDir, key.pool, key.volume).Path();
-  auto trust = std::make_shared<core::TrustContext>(fs.catalog.MakeTrustContext(fs.inspector));
+  auto trust = std::make_shared<core::TrustContext>(MountTrust(fs));
   RebaseJobs::Work work = [&fs, image_path, backing, trust](const RebaseJobs::Progress& progress) {
     return core::SafeRebase(fs.inspector, image_path, backing, std::nullopt, *trust,
                             [&progress](uint64_t done, uint64_t total) { progress(done, total); });
@@ -438,8 +477,10 @@ Status ApplyCreate(FsState& fs, const Caller& caller, const NodeKey& key, std::s
         return Error(Code::kInvalidArgument, "'{}' is not a known image format", format);
       }
     } else {
-      core::TrustContext trust = fs.catalog.MakeTrustContext(fs.inspector);
-      Result<std::string> trusted = core::TrustedBackingFormat(fs.inspector, b.resolved, trust);
+      core::TrustContext trust = MountTrust(fs);
+      Result<std::string> trusted = core::TrustedBackingFormat(
+          fs.inspector, b.resolved, trust,
+          core::SuggestionArgs{core::Suggestion::kDeclareFormatForCreate, path, b.as_written});
       if (!trusted.ok()) return trusted.status();
       format = *trusted;
     }
@@ -452,6 +493,10 @@ Status ApplyCreate(FsState& fs, const Caller& caller, const NodeKey& key, std::s
       }
       opts.size = (*in)->meta->virtual_size;
     }
+    // The new name may be what a dangling backing string below spells.
+    CHAINFS_RETURN_IF_ERROR(core::CheckNoLoop(fs.inspector,
+                                              core::LoopSubject{path, std::nullopt, path},
+                                              b.as_written, b.resolved, format));
     opts.backing = b.as_written;
     opts.backing_format = format;
   }
@@ -462,17 +507,9 @@ Status ApplyCreate(FsState& fs, const Caller& caller, const NodeKey& key, std::s
   return s;
 }
 
-// Returns true when `buf` holds a whole XML document (then it is acted on).
 // A write shorter than this that leaves a .create document incomplete ends
 // it: tools write in blocks of 4 KiB or more until their last write.
 constexpr size_t kShortWrite = 4096;
-
-bool XmlComplete(const std::string& buf) {
-  if (IsBlank(buf)) return false;
-  pugi::xml_document doc;
-  pugi::xml_parse_result r = doc.load_buffer(buf.data(), buf.size());
-  return r && doc.document_element();
-}
 
 }  // namespace
 
@@ -620,12 +657,33 @@ Result<size_t> WriteFile(FsState& fs, const Caller& caller, uint64_t ino, const 
                        "a document is written in order from its start (offset {} after {} bytes)",
                        offset, p.buf.size());
         }
-        if (p.buf.size() + data.size() > kMaxWriteBytes) {
+        if (p.buf.size() + data.size() > core::kMaxVolumeXmlBytes) {
           p.buf.clear();
-          return Status(Code::kIo, fmt::format("more than {} bytes", kMaxWriteBytes), EFBIG);
+          return Error(Code::kInvalidArgument,
+                       "a volume XML document is at most {} bytes; this one has more",
+                       core::kMaxVolumeXmlBytes);
         }
         p.buf.append(data);
-        if (XmlComplete(p.buf) || data.size() < kShortWrite) {
+        // Decided at every write, since no close is seen (see top of
+        // write_ops.h): act on a complete document, refuse one that can no
+        // longer become a <volume>, wait for the rest of the others unless
+        // this write was a short one.
+        core::XmlPrefix prefix = core::ClassifyVolumeXmlPrefix(p.buf);
+        if (prefix.state == core::XmlPrefixState::kInvalid) {
+          p.buf.clear();
+          return Error(Code::kInvalidArgument, "{}", prefix.reason);
+        }
+        if (prefix.state == core::XmlPrefixState::kIncomplete && data.size() < kShortWrite) {
+          const bool blank = IsBlank(p.buf);
+          const size_t got = p.buf.size();
+          p.buf.clear();
+          if (blank) return std::optional<std::string>();
+          return Error(Code::kInvalidArgument,
+                       "the volume XML document ends incomplete after {} bytes (a write shorter "
+                       "than {} bytes ends it): {}",
+                       got, kShortWrite, prefix.reason);
+        }
+        if (prefix.state == core::XmlPrefixState::kComplete) {
           std::string doc = std::move(p.buf);
           p.buf.clear();
           return std::optional<std::string>(std::move(doc));
@@ -678,7 +736,7 @@ Result<NodeKey> SymlinkOverlay(FsState& fs, const Caller& caller, const NodeKey&
   if (!b.ok()) return refuse(b.status());
   Status readable = CheckCallerReads(caller, b->resolved);
   if (!readable.ok() && readable.code() != Code::kNotFound) return refuse(readable);
-  core::TrustContext trust = fs.catalog.MakeTrustContext(fs.inspector);
+  core::TrustContext trust = MountTrust(fs);
   const std::string new_path = JoinPath(pool->target_path, name);
   Status s = core::CreateOverlay(fs.inspector, new_path, b->as_written, b->resolved, std::nullopt,
                                  trust, FileOptionsFor(caller, 0644));

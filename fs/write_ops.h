@@ -21,10 +21,17 @@
 //  - backing, backing_format, rebase: each write(2) is one value, as in
 //    sysfs; one trailing newline is stripped.
 //  - .create: a document may take several writes (at increasing offsets; a
-//    write at offset 0 starts a new one). It is applied by the write that
-//    completes it, or by a short write (under 4 KiB: the last one a tool
-//    makes) after which it is still not well-formed, which then fails with
-//    the parser's reason.
+//    write at offset 0 starts a new one). Since no close is seen, every
+//    write decides (core::ClassifyVolumeXmlPrefix): the write that
+//    completes the document applies it; a write after which the bytes can
+//    no longer become a <volume> document (not starting with '<', a root
+//    element other than <volume>, an XML error before the last unfinished
+//    construct, more than 1 MiB) fails with EINVAL and the parser's reason,
+//    whatever the size; so does a short write (under 4 KiB: the last one a
+//    tool makes) after which the document is still incomplete. The one case
+//    left undetected is a well-formed start of a <volume> document cut
+//    short whose last write had 4 KiB or more: it waits for bytes that
+//    never come (nothing is created, and the next document replaces it).
 // Truncation (O_TRUNC) is accepted and changes nothing.
 #pragma once
 

@@ -5,6 +5,7 @@
 #include <cerrno>
 
 #include "core/format/driver.h"
+#include "core/write/loop_check.h"
 
 namespace chainfs::core {
 
@@ -45,7 +46,9 @@ Status CreateOverlay(ImageInspector& inspector, const std::string& new_path,
   if (backing_format) {
     format = *backing_format;
   } else {
-    Result<std::string> trusted = TrustedBackingFormat(inspector, backing_resolved_path, trust);
+    Result<std::string> trusted = TrustedBackingFormat(
+        inspector, backing_resolved_path, trust,
+        SuggestionArgs{Suggestion::kDeclareFormatForCreate, new_path, backing_as_written});
     if (!trusted.ok()) return trusted.status();
     format = *trusted;
   }
@@ -55,6 +58,9 @@ Status CreateOverlay(ImageInspector& inspector, const std::string& new_path,
     return Error(Code::kCorrupt, "backing '{}' cannot be read as {}: {}", backing_resolved_path,
                  format, (*in)->parse_status.message());
   }
+  // The new name may be what a dangling backing string below spells.
+  CHAINFS_RETURN_IF_ERROR(CheckNoLoop(inspector, LoopSubject{new_path, std::nullopt, new_path},
+                                      backing_as_written, backing_resolved_path, format));
   Qcow2CreateOptions opts;
   opts.version = 3;
   opts.size = (*in)->meta->virtual_size;

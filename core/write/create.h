@@ -22,8 +22,10 @@ namespace chainfs::core {
 // the backing's virtual size. Errors: kExists if `new_path` exists, kNotFound
 // if the backing is missing, kPermissionDenied if its format cannot be
 // trusted, kInvalidArgument for an unknown format name or a bad backing
-// string, kCorrupt if the backing's header cannot be read in that format;
-// plus CreateQcow2's errors. Nothing is left behind on any error.
+// string, kCorrupt if the backing's header cannot be read in that format,
+// LoopError (ELOOP) when the backing's chain ends at a missing file that
+// `new_path` would be (CheckNoLoop); plus CreateQcow2's errors. Nothing is
+// left behind on any error.
 Status CreateOverlay(ImageInspector& inspector, const std::string& new_path,
                      const std::string& backing_as_written,
                      const std::string& backing_resolved_path,

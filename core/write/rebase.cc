@@ -17,6 +17,7 @@
 #include "core/format/qcow2/writer.h"
 #include "core/io/file.h"
 #include "core/write/in_use.h"
+#include "core/write/loop_check.h"
 
 namespace chainfs::core {
 namespace {
@@ -46,8 +47,8 @@ Status OpenNewChain(ImageInspector& inspector, const std::string& image_path,
   if (!ref.ok()) return ref.status();
   if (!ref->IsLocal()) {
     return Error(Code::kUnsupported,
-                 "'{}' is not a local file; its content cannot be compared (use rebase -u)",
-                 new_backing);
+                 "'{}' is not a local file; its content cannot be compared; retarget instead: {}",
+                 new_backing, Suggest(trust, {Suggestion::kRetargetInstead, image_path, new_backing}));
   }
   const std::string& resolved = ref->resolved_path;
   Result<FileStat> st = StatPath(resolved);
@@ -60,7 +61,9 @@ Status OpenNewChain(ImageInspector& inspector, const std::string& image_path,
   if (declared_format) {
     format = *declared_format;
   } else {
-    Result<std::string> trusted = TrustedBackingFormat(inspector, resolved, trust);
+    Result<std::string> trusted = TrustedBackingFormat(
+        inspector, resolved, trust,
+        SuggestionArgs{Suggestion::kDeclareFormatForRebase, image_path, new_backing});
     if (!trusted.ok()) return trusted.status();
     format = *trusted;
   }
@@ -82,13 +85,11 @@ Status OpenNewChain(ImageInspector& inspector, const std::string& image_path,
     chain.problems.clear();
     chain.complete = true;
   }
-  for (const ChainElement& e : chain.elements) {
-    if (e.stat && e.stat->id.dev == image_id.dev && e.stat->id.ino == image_id.ino) {
-      return Error(Code::kInvalidArgument,
-                   "new backing '{}' is '{}' itself or backed by it; that would be a loop",
-                   new_backing, image_path);
-    }
-  }
+  // The loop check every write shares. A safe rebase reports a loop as
+  // kInvalidArgument (EINVAL), as chainfs(1) documents for VOL/rebase.
+  Status loop = CheckNoLoop(inspector, LoopSubject{image_path, image_id, std::nullopt},
+                            new_backing, resolved, format);
+  if (!loop.ok()) return Status(Code::kInvalidArgument, loop.message());
   Result<std::unique_ptr<ChainReader>> opened = ChainReader::Open(chain);
   if (!opened.ok()) {
     return Status(

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "core/chain/backing_ref.h"
@@ -10,6 +11,38 @@
 #include "core/write/in_use.h"
 
 namespace chainfs::core {
+namespace {
+
+// Quotes the items of a list for a message, at most kMaxDependentsNamed,
+// then "and N more".
+std::string NameList(const std::vector<std::string>& items) {
+  std::string out;
+  const size_t shown = std::min(items.size(), kMaxDependentsNamed);
+  for (size_t i = 0; i < shown; ++i) {
+    if (i > 0) out += i + 1 == items.size() ? " and " : ", ";
+    out += items[i];
+  }
+  if (items.size() > shown) out += fmt::format(" and {} more", items.size() - shown);
+  return out;
+}
+
+}  // namespace
+
+std::string DependentsReason(const std::string& path, const std::vector<Dependent>& direct,
+                             const std::vector<ChainUser>& users) {
+  std::vector<std::string> named;
+  for (const Dependent& d : direct) named.push_back(fmt::format("'{}' (its overlay)", d.path));
+  for (const ChainUser& u : users) {
+    bool is_direct = false;
+    for (const Dependent& d : direct) is_direct = is_direct || d.path == u.volume;
+    if (!is_direct) {
+      named.push_back(fmt::format("'{}' (chain index {}, below '{}')", u.volume, u.index, u.above));
+    }
+  }
+  if (named.empty()) return {};
+  return fmt::format("'{}' is used as a backing by {} volume(s): {}; remove or rebase them first",
+                     path, named.size(), NameList(named));
+}
 
 Result<std::vector<Dependent>> FindDependents(ImageInspector& inspector,
                                               const std::string& image_path,
@@ -70,25 +103,14 @@ Status RemoveImage(ImageInspector& inspector, const std::string& path,
   if (!st.ok()) return st.status();
   CHAINFS_RETURN_IF_ERROR(CheckNotInUse(path));
   // Direct dependents first: their chain may stop early (e.g. an unrecorded
-  // backing format) and still break when the file goes.
+  // backing format) and still break when the file goes. Then the chains
+  // that reach the image further down.
   Result<std::vector<Dependent>> direct = FindDependents(inspector, path, candidates);
   if (!direct.ok()) return direct.status();
-  if (!direct->empty()) {
-    const Dependent& d = direct->front();
-    return Error(Code::kBusy,
-                 "'{}' is the backing file of '{}' ({} dependent(s)); remove or "
-                 "rebase them first",
-                 path, d.path, direct->size());
-  }
   Result<std::vector<ChainUser>> users = FindChainUsers(inspector, path, candidates);
   if (!users.ok()) return users.status();
-  if (!users->empty()) {
-    const ChainUser& u = users->front();
-    return Error(Code::kBusy,
-                 "'{}' is element {} of the chain of '{}' (below '{}'); remove or "
-                 "rebase that chain first",
-                 path, u.index, u.volume, u.above);
-  }
+  std::string reason = DependentsReason(path, *direct, *users);
+  if (!reason.empty()) return Status(Code::kBusy, std::move(reason));
   if (::unlink(path.c_str()) != 0) {
     return Status::FromErrno(errno, fmt::format("unlink {}", path));
   }

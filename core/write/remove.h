@@ -56,9 +56,20 @@ Result<std::vector<ChainUser>> FindChainUsers(ImageInspector& inspector,
                                               const std::string& image_path,
                                               const std::vector<std::string>& candidates);
 
+// The most dependents a refusal names one by one; the rest are counted.
+inline constexpr size_t kMaxDependentsNamed = 10;
+
+// Returns the reason a removal of `path` is refused, naming every
+// dependent: the direct ones (`direct`, the image's overlays), then the
+// other `users` (chains that reach it further down) with their chain index;
+// at most kMaxDependentsNamed, then "and N more". Empty when both lists are
+// empty. Pure.
+std::string DependentsReason(const std::string& path, const std::vector<Dependent>& direct,
+                             const std::vector<ChainUser>& users);
+
 // Deletes the image at `path` (unlink, then fsync of its directory). kBusy if
 // a QEMU holds its image locks or any candidate uses it as a backing (directly
-// or further down its chain), naming the first such volume; kNotFound if it
+// or further down its chain), naming them (DependentsReason); kNotFound if it
 // does not exist; kIo with errno otherwise. Nothing changes on any error.
 Status RemoveImage(ImageInspector& inspector, const std::string& path,
                    const std::vector<std::string>& candidates);

@@ -10,6 +10,7 @@
 #include "core/chain/backing_ref.h"
 #include "core/format/qcow2/writer.h"
 #include "core/write/in_use.h"
+#include "core/write/loop_check.h"
 
 namespace chainfs::core {
 namespace {
@@ -52,6 +53,31 @@ std::string GuardRelative(std::string s) {
   std::string_view first = std::string_view(s).substr(0, s.find('/'));
   if (first.find(':') != std::string_view::npos) s = "./" + s;
   return s;
+}
+
+// Refuses (LoopError) a rename that gives the image the name a dangling
+// backing string in its own chain spells: the chain would come back to it.
+// A loop that is there already is left to `problems` (the rename does not
+// make it worse, and may be part of the fix).
+Status CheckRenameMakesNoLoop(ImageInspector& inspector, const std::string& old_path,
+                              const std::string& new_path) {
+  Result<std::shared_ptr<const Inspection>> self = inspector.Inspect(old_path);
+  if (!self.ok() || !(*self)->meta) return Status::Ok();
+  const ImageMeta& meta = *(*self)->meta;
+  if (!meta.backing || meta.backing->empty()) return Status::Ok();
+  Result<BackingRef> ref = ClassifyBacking(*meta.backing, old_path);
+  if (!ref.ok() || ref->resolved_path.empty()) return Status::Ok();
+  std::string format = meta.backing_format.value_or("");
+  if (format.empty() && ref->network) format = ref->network->format;
+  const FileIdentity& id = (*self)->stat.id;
+  Status after = CheckNoLoop(inspector, LoopSubject{old_path, id, new_path}, *meta.backing,
+                             ref->resolved_path, format);
+  if (after.ok()) return after;
+  Status before = CheckNoLoop(inspector, LoopSubject{old_path, id, std::nullopt}, *meta.backing,
+                              ref->resolved_path, format);
+  if (!before.ok()) return Status::Ok();
+  return LoopError(fmt::format("renaming '{}' to '{}' would close a backing chain loop: {}",
+                               old_path, new_path, after.message()));
 }
 
 }  // namespace
@@ -137,6 +163,7 @@ Result<RenamePlan> PlanRename(ImageInspector& inspector, const std::string& old_
                  old_path, new_dir_path);
   }
   CHAINFS_RETURN_IF_ERROR(CheckNotInUse(old_path));
+  CHAINFS_RETURN_IF_ERROR(CheckRenameMakesNoLoop(inspector, old_path, new_path));
 
   Result<std::vector<Dependent>> deps = FindDependents(inspector, old_path, candidates);
   if (!deps.ok()) return deps.status();

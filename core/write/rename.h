@@ -75,7 +75,9 @@ Result<std::string> RenamedBackingString(const std::string& overlay_path,
 // or a dependent is in use, or a chain reaches the image through an overlay
 // that is not among the candidates (it could not be rewritten);
 // kUnsupported if a dependent is not qcow2 or names the image in a json:
-// string. Changes nothing.
+// string; LoopError (ELOOP) if the image's own chain ends at a missing file
+// that `new_path` would be (the chain would come back to the image).
+// Changes nothing.
 Result<RenamePlan> PlanRename(ImageInspector& inspector, const std::string& old_path,
                               const std::string& new_path,
                               const std::vector<std::string>& candidates);

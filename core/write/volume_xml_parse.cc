@@ -1,8 +1,11 @@
 #include "core/write/volume_xml_parse.h"
 
+#include <algorithm>
 #include <cctype>
 #include <limits>
 #include <pugixml.hpp>
+
+#include "core/util/escape.h"
 
 namespace chainfs::core {
 namespace {
@@ -67,7 +70,126 @@ Result<std::optional<uint32_t>> ParseId(const pugi::xml_node& node, std::string_
   return std::optional<uint32_t>(uint32_t(*v));
 }
 
+bool StartsWith(std::string_view s, std::string_view prefix) {
+  return s.substr(0, prefix.size()) == prefix;
+}
+
+bool IsNameEnd(char c) {
+  return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '/' || c == '>';
+}
+
+// Where the document prefix `b` stops being a run of finished constructs:
+// the start of its last unfinished markup construct (a tag, comment, CDATA
+// section, processing instruction or DOCTYPE), else the start of its
+// trailing text (b.size() when it ends right after a '>'). Sets `root` to
+// the name of the first element tag (as far as it goes) and
+// `root_complete` when that name is followed by anything.
+size_t UnfinishedStart(std::string_view b, std::string* root, bool* root_complete) {
+  size_t i = 0;
+  size_t text_start = 0;
+  bool root_seen = false;
+  while (i < b.size()) {
+    if (b[i] != '<') {
+      ++i;
+      continue;
+    }
+    const size_t start = i;
+    std::string_view rest = b.substr(i);
+    size_t end = std::string_view::npos;  // one past the construct's last byte
+    auto find_after = [&](std::string_view closer, size_t from) {
+      size_t at = b.find(closer, from);
+      return at == std::string_view::npos ? at : at + closer.size();
+    };
+    if (StartsWith(rest, "<!--")) {
+      end = find_after("-->", i + 4);
+    } else if (StartsWith(rest, "<![CDATA[")) {
+      end = find_after("]]>", i + 9);
+    } else if (StartsWith(rest, "<?")) {
+      end = find_after("?>", i + 2);
+    } else if (rest.size() < 9 && (StartsWith("<!--", rest) || StartsWith("<![CDATA[", rest))) {
+      return start;  // "<!-" or "<![CD": which construct is not known yet
+    } else {
+      // A tag or a DOCTYPE: up to the '>' outside quotes (and, for a
+      // DOCTYPE, outside its internal subset).
+      const bool doctype = StartsWith(rest, "<!");
+      char quote = 0;
+      int depth = 0;
+      for (size_t k = i + 1; k < b.size(); ++k) {
+        const char c = b[k];
+        if (quote) {
+          if (c == quote) quote = 0;
+        } else if (c == '"' || c == '\'') {
+          quote = c;
+        } else if (doctype && c == '[') {
+          ++depth;
+        } else if (doctype && c == ']') {
+          --depth;
+        } else if (c == '>' && depth <= 0) {
+          end = k + 1;
+          break;
+        }
+      }
+      if (!doctype && !root_seen && rest.size() > 1 && rest[1] != '/') {
+        root_seen = true;
+        size_t k = i + 1;
+        while (k < b.size() && !IsNameEnd(b[k])) ++k;
+        *root = std::string(b.substr(i + 1, k - i - 1));
+        *root_complete = k < b.size();
+      }
+    }
+    if (end == std::string_view::npos) return start;
+    i = end;
+    text_start = end;
+  }
+  return text_start;
+}
+
 }  // namespace
+
+XmlPrefix ClassifyVolumeXmlPrefix(std::string_view bytes) {
+  std::string_view b = bytes;
+  constexpr std::string_view kBom = "\xEF\xBB\xBF";
+  if (b.size() < kBom.size() && StartsWith(kBom, b)) {
+    return {XmlPrefixState::kIncomplete, "no document yet"};
+  }
+  if (StartsWith(b, kBom)) b.remove_prefix(kBom.size());
+  size_t first = b.find_first_not_of(" \t\r\n");
+  if (first == std::string_view::npos) return {XmlPrefixState::kIncomplete, "no document yet"};
+  if (b[first] != '<') {
+    return {XmlPrefixState::kInvalid,
+            fmt::format("not a volume XML document: it starts with '{}', not '<'",
+                        ShortToken(b.substr(first), 16))};
+  }
+  if (bytes.size() > kMaxVolumeXmlBytes) {
+    return {XmlPrefixState::kInvalid,
+            fmt::format("a volume XML document is at most {} bytes; this one has more",
+                        kMaxVolumeXmlBytes)};
+  }
+  std::string root;
+  bool root_complete = false;
+  const size_t unfinished = UnfinishedStart(bytes, &root, &root_complete);
+  if (!root.empty() || root_complete) {
+    if (root_complete ? root != "volume" : !StartsWith("volume", root)) {
+      return {XmlPrefixState::kInvalid,
+              fmt::format("the root element is <{}{}>, not <volume>", ShortToken(root, 32),
+                          root_complete ? "" : "...")};
+    }
+  }
+  pugi::xml_document doc;
+  pugi::xml_parse_result r = doc.load_buffer(bytes.data(), bytes.size(), pugi::parse_default);
+  if (r) {
+    if (doc.document_element()) return {XmlPrefixState::kComplete, ""};
+    return {XmlPrefixState::kIncomplete, "no root element yet"};
+  }
+  const size_t offset = r.offset < 0 ? 0 : size_t(r.offset);
+  std::string reason = fmt::format("{} at byte {} (near '{}')", r.description(), offset,
+                                   ShortToken(bytes.substr(std::min(offset, bytes.size())), 16));
+  // pugixml reports an error caused by the end of the bytes inside the last
+  // unfinished construct (at most one byte before it, for the '>' that
+  // closes the last tag); anything earlier is in bytes already received.
+  if (offset + 1 >= unfinished) return {XmlPrefixState::kIncomplete, std::move(reason)};
+  return {XmlPrefixState::kInvalid, "bad volume XML: " + reason};
+}
 
 Result<uint64_t> ScaleLibvirtUnit(uint64_t value, std::string_view unit) {
   uint64_t scale = 1;
@@ -124,7 +246,7 @@ Result<VolumeSpec> ParseVolumeXml(std::string_view xml) {
   pugi::xml_node vol = doc.document_element();
   if (std::string_view(vol.name()) != "volume") {
     return Error(Code::kInvalidArgument, "bad volume XML: root element is <{}>, not <volume>",
-                 vol.name());
+                 ShortToken(vol.name(), 32));
   }
   if (pugi::xml_attribute type = vol.attribute("type");
       type && std::string_view(type.value()) != "file") {

@@ -40,4 +40,34 @@ Result<uint64_t> ScaleLibvirtUnit(uint64_t value, std::string_view unit);
 // than raw or qcow2, qcow2-only settings on raw, or a backing store on raw.
 Result<VolumeSpec> ParseVolumeXml(std::string_view xml);
 
+// How far a <volume> document received in pieces (writes to POOL/.create)
+// has come.
+enum class XmlPrefixState {
+  kIncomplete,  // may still become a document: wait for more bytes
+  kComplete,    // a well-formed document with a root element: act on it
+  kInvalid,     // can never become a <volume> document: refuse it now
+};
+
+// The verdict of ClassifyVolumeXmlPrefix.
+struct XmlPrefix {
+  XmlPrefixState state = XmlPrefixState::kIncomplete;
+  std::string reason;  // one line (bytes echoed only as escaped short tokens)
+};
+
+// The largest <volume> document accepted (a real one is a few hundred
+// bytes).
+inline constexpr size_t kMaxVolumeXmlBytes = 1 << 20;
+
+// Decides whether `bytes`, the start of a document written so far, can
+// still become a <volume> document. kInvalid, with the reason, for: a first
+// character (after an optional UTF-8 byte order mark and white space) that
+// is not '<'; more than kMaxVolumeXmlBytes; a root element whose name is,
+// or begins unlike, anything but "volume"; an XML error that the bytes
+// already received cause (pugixml reports it before the last unfinished
+// construct: a tag, comment, CDATA section, processing instruction, DOCTYPE
+// or the trailing text). kComplete for a well-formed document with a root
+// element (whose content ParseVolumeXml then checks); kIncomplete
+// otherwise, with pugixml's complaint about the end as the reason. Pure.
+XmlPrefix ClassifyVolumeXmlPrefix(std::string_view bytes);
+
 }  // namespace chainfs::core
