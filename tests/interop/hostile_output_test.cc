@@ -11,6 +11,7 @@
 
 #include "core/chain/inspector.h"
 #include "core/chain/resolver.h"
+#include "core/pool/pool_def.h"
 #include "core/render/render.h"
 #include "core/util/escape.h"
 #include "util/hostile_images.h"
@@ -171,6 +172,21 @@ TEST_F(HostileOutputTest, OneValueFilesHoldOneLine) {
       EXPECT_EQ(backing, EscapeOneLine(*top.meta->backing) + "\n");
     }
   }
+}
+
+TEST_F(HostileOutputTest, PoolXmlStaysXml10WhenTheDefinitionCarriesCharacterReferences) {
+  // pugixml decodes &#1; and &#27; when reading a definition; re-emitted as
+  // they are, they would make .pool.xml ill-formed.
+  Result<PoolDef> pool = ParsePoolXml(
+      "<pool type='netfs'><name>nfs</name><uuid>2b0b3e3c-6b7a-4c1e-9a34-5b8f7f8d1e20</uuid>"
+      "<source><host name='filer.example.com'/><dir path='/export&#1;&#10;x'/>"
+      "<format type='nfs'/></source><target><path>" + dir_.path() + "</path></target></pool>",
+      "netfs.xml");
+  ASSERT_TRUE(pool.ok()) << pool.status().ToString();
+  std::string xml = RenderPoolXml(*pool, StatPoolSpace(*pool));
+  EXPECT_EQ(xml.find("&#"), std::string::npos) << xml;
+  EXPECT_NE(xml.find("<dir path='/export\xEF\xBF\xBD\xEF\xBF\xBDx'/>"), std::string::npos) << xml;
+  EXPECT_EQ(XmlComplaint(xml, "storagepool.rng"), "") << xml;
 }
 
 // Returns what bash makes of `word` (one shell word of a fix).
