@@ -1,12 +1,82 @@
 #include "fs/chain_cache.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include "core/chain/backing_ref.h"
 #include "core/io/file.h"
 #include "core/pool/catalog.h"
 
 namespace chainfs::fs {
+namespace {
+
+// Returns true if a stat of `path` fails as for a name that does not exist.
+bool Absent(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) return false;
+  return errno == ENOENT || errno == ENOTDIR;
+}
+
+// Returns true if the problem that stopped `chain` at element `index` is
+// that the element's file could not be opened (the resolver then records
+// no stat for it), with the kind of that problem.
+std::optional<core::ProblemKind> OpenFailure(const core::Chain& chain, int index) {
+  for (const core::Problem& p : chain.problems) {
+    if (p.index != index) continue;
+    switch (p.kind) {
+      case core::ProblemKind::kMissingBackingFile:
+      case core::ProblemKind::kUnreadable:
+      case core::ProblemKind::kUnsupported:
+        return p.kind;
+      default:
+        break;
+    }
+  }
+  return std::nullopt;
+}
+
+// Decides how to revalidate an element whose file could not be opened
+// (problem `kind`), setting `id` when it is checked by identity. The stat
+// comes after the failure, so it is trusted only when it shows something
+// that fails the same way for as long as the identity holds: an inode that
+// is not a regular file or block device (its type never changes), or a
+// regular file that still refuses to be opened for reading (its mode,
+// owner and ACLs change its ctime).
+ElementCheck CheckFailedOpen(const std::string& path, core::ProblemKind kind,
+                             std::optional<core::FileIdentity>& id) {
+  if (kind == core::ProblemKind::kMissingBackingFile) return ElementCheck::kAbsent;
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return ElementCheck::kNever;
+  if (kind == core::ProblemKind::kUnsupported) {
+    if (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)) return ElementCheck::kNever;
+    id = core::FromStat(st).id;
+    return ElementCheck::kIdentity;
+  }
+  if (!S_ISREG(st.st_mode)) return ElementCheck::kNever;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd >= 0) {
+    ::close(fd);
+    return ElementCheck::kNever;  // readable again: resolve it anew
+  }
+  if (errno != EACCES && errno != EPERM) return ElementCheck::kNever;  // e.g. an I/O error
+  id = core::FromStat(st).id;
+  return ElementCheck::kIdentity;
+}
+
+}  // namespace
+
+ChainSnapshot::ChainSnapshot(core::Chain chain, std::vector<std::optional<core::FileIdentity>> ids,
+                             std::vector<ElementCheck> checks)
+    : chain_(std::move(chain)), ids_(std::move(ids)), checks_(std::move(checks)) {
+  if (checks_.empty()) {
+    for (const std::optional<core::FileIdentity>& id : ids_) {
+      checks_.push_back(id ? ElementCheck::kIdentity : ElementCheck::kAbsent);
+    }
+  }
+}
 
 std::string ChainSnapshot::Rendered(const std::string& name,
                                     const std::function<std::string()>& render) const {
@@ -22,36 +92,44 @@ std::string ChainSnapshot::Rendered(const std::string& name,
 
 bool ChainCache::Revalidate(const ChainSnapshot& snap) const {
   const core::Chain& chain = snap.chain();
-  if (!chain.complete) return false;
+  const std::vector<ElementCheck>& checks = snap.checks();
   const core::ChangeMonitor* monitor = monitor_.load();
   // Whether the monitor covers every element is decided before its epoch
-  // is taken, and the stats below come after it (change_monitor.h).
+  // is taken, and the stats below come after it (change_monitor.h). A
+  // missing element is covered by its directory too: creating it raises an
+  // event there.
   bool covered = monitor != nullptr;
-  for (size_t i = 0; covered && i < chain.elements.size(); ++i) {
+  for (size_t i = 0; i < chain.elements.size(); ++i) {
+    if (checks[i] == ElementCheck::kNever) return false;
+    if (!covered || checks[i] == ElementCheck::kIgnored) continue;
     const core::ChainElement& e = chain.elements[i];
-    if (!e.network && !monitor->Watches(core::DirName(core::NormalizePathLexically(e.path)))) {
-      covered = false;
-    }
+    if (!monitor->Watches(core::DirName(core::NormalizePathLexically(e.path)))) covered = false;
   }
   std::optional<uint64_t> epoch = covered ? monitor->QuietEpoch() : std::nullopt;
   for (size_t i = 0; i < chain.elements.size(); ++i) {
     const core::ChainElement& e = chain.elements[i];
-    if (e.network) continue;
+    if (checks[i] == ElementCheck::kIgnored) continue;
     const std::optional<core::FileIdentity>& then = snap.ids()[i];
     // lstat first: for the usual plain file it is the stat we need, and it
     // tells whether inotify on the file's directory sees all its changes.
     struct stat lst;
     std::optional<core::FileIdentity> now;
-    if (::lstat(e.path.c_str(), &lst) == 0 && !S_ISLNK(lst.st_mode)) {
+    int rc = ::lstat(e.path.c_str(), &lst);
+    if (rc == 0 && !S_ISLNK(lst.st_mode)) {
       now = core::FromStat(lst).id;
       if (!S_ISREG(lst.st_mode) || lst.st_nlink != 1) epoch.reset();
     } else {
-      epoch.reset();  // a symlink: its target's directory may not be watched
+      // A symlink: its target's directory may not be watched. A name
+      // missing from a watched directory is vouched for like a file.
+      if (rc == 0 || errno != ENOENT) epoch.reset();
       core::Result<core::FileStat> st = core::StatPath(e.path);
       if (st.ok()) now = st->id;
     }
-    if (now.has_value() != then.has_value()) return false;
-    if (now && !(*now == *then)) return false;
+    if (checks[i] == ElementCheck::kAbsent) {
+      if (now || !Absent(e.path)) return false;
+      continue;
+    }
+    if (!now || !then || !(*now == *then)) return false;
   }
   if (epoch) snap.set_quiet_epoch(*epoch);
   return true;
@@ -88,15 +166,23 @@ std::shared_ptr<const ChainSnapshot> ChainCache::Get(const std::string& path) {
   options.locate = locate_;
   core::Chain chain = core::ResolveChain(inspector_, path, options);
   std::vector<std::optional<core::FileIdentity>> ids;
+  std::vector<ElementCheck> checks;
   ids.reserve(chain.elements.size());
+  checks.reserve(chain.elements.size());
   for (const core::ChainElement& e : chain.elements) {
-    if (e.stat) {
-      ids.push_back(e.stat->id);
+    ids.push_back(e.stat ? std::optional<core::FileIdentity>(e.stat->id) : std::nullopt);
+    if (e.network) {
+      checks.push_back(ElementCheck::kIgnored);
+    } else if (e.stat) {
+      checks.push_back(ElementCheck::kIdentity);
+    } else if (std::optional<core::ProblemKind> failed = OpenFailure(chain, e.index)) {
+      checks.push_back(CheckFailedOpen(e.path, *failed, ids.back()));
     } else {
-      ids.push_back(std::nullopt);
+      checks.push_back(ElementCheck::kIgnored);  // never opened (unknown recorded format)
     }
   }
-  auto snap = std::make_shared<const ChainSnapshot>(std::move(chain), std::move(ids));
+  auto snap =
+      std::make_shared<const ChainSnapshot>(std::move(chain), std::move(ids), std::move(checks));
   if (on_resolved_) on_resolved_(snap->chain());
   // Settles at once whether the monitor vouches for the new chain (the
   // mount lets the kernel keep what it describes when it does).

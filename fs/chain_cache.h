@@ -11,7 +11,9 @@
 // whose every element is a regular file with one link, not a symlink, in a
 // directory watched on a local filesystem -- the cases where every change
 // of the element raises an event in a watched directory; other chains are
-// re-stat'ed on every use as before.
+// re-stat'ed on every use as before. A chain that stopped at a missing file
+// counts that name like an element: absent from a watched directory, its
+// creation raises an event there.
 #pragma once
 
 #include <atomic>
@@ -33,32 +35,48 @@
 
 namespace chainfs::fs {
 
+// How revalidation checks one chain element.
+enum class ElementCheck : uint8_t {
+  kIdentity,  // opened (or refused the same way twice): it must keep its identity
+  kAbsent,    // it did not exist (ENOENT/ENOTDIR): it must still not exist
+  kIgnored,   // never opened (a network source, an unknown recorded format)
+  kNever,     // it existed but failed to open for a reason that may pass (EIO):
+              // the chain is resolved again on every use
+};
+
 // One resolved chain and what it was resolved from. The chain is immutable;
 // rendered documents are memoized (thread-safe).
 class ChainSnapshot {
  public:
-  ChainSnapshot(core::Chain chain, std::vector<std::optional<core::FileIdentity>> ids)
-      : chain_(std::move(chain)), ids_(std::move(ids)) {}
+  // `checks` empty: kIdentity where `ids` has a value, else kAbsent.
+  ChainSnapshot(core::Chain chain, std::vector<std::optional<core::FileIdentity>> ids,
+                std::vector<ElementCheck> checks = {});
 
   const core::Chain& chain() const { return chain_; }
   // Returns the identity each element had when resolved (nullopt: could not
   // be stat'ed, or a network source when `network` is set on the element).
   const std::vector<std::optional<core::FileIdentity>>& ids() const { return ids_; }
+  // Returns how each element is revalidated.
+  const std::vector<ElementCheck>& checks() const { return checks_; }
   // Returns the memoized result of render() for `name`, rendering it once.
   std::string Rendered(const std::string& name, const std::function<std::string()>& render) const;
   // Returns the change-monitor epoch in which this snapshot was last
   // validated (kNoEpoch: never; real epochs are even).
   uint64_t quiet_epoch() const { return quiet_epoch_.load(std::memory_order_acquire); }
-  void set_quiet_epoch(uint64_t epoch) const { quiet_epoch_.store(epoch, std::memory_order_release); }
+  void set_quiet_epoch(uint64_t epoch) const {
+    quiet_epoch_.store(epoch, std::memory_order_release);
+  }
   static constexpr uint64_t kNoEpoch = 1;
-  // Returns true once the snapshot was validated in a quiet epoch: the
-  // chain is complete and every element is a plain file in a directory
-  // whose inotify events report all its changes.
+  // Returns true once the snapshot was validated in a quiet epoch: every
+  // element it checks is a plain file (or, where the chain stopped at a
+  // missing file, a name absent) in a directory whose inotify events
+  // report all its changes.
   bool watched() const { return quiet_epoch() != kNoEpoch; }
 
  private:
   core::Chain chain_;
   std::vector<std::optional<core::FileIdentity>> ids_;
+  std::vector<ElementCheck> checks_;
   mutable std::atomic<uint64_t> quiet_epoch_{kNoEpoch};
   mutable std::mutex mu_;                                // guards rendered_
   mutable std::map<std::string, std::string> rendered_;  // guarded by mu_
@@ -75,14 +93,18 @@ struct ChainCacheStats {
 // Bounded (least recently used entries are dropped).
 class ChainCache {
  public:
-  ChainCache(core::ImageInspector& inspector, core::VolumeLocator locate,
-             size_t max_entries = 1024)
+  ChainCache(core::ImageInspector& inspector, core::VolumeLocator locate, size_t max_entries = 1024)
       : inspector_(inspector), locate_(std::move(locate)), max_entries_(max_entries) {}
 
   // Returns the current chain of the image at absolute `path`: the cached
   // one if every element still has the identity it had, else a new
-  // resolution. A chain that did not reach its end is always re-resolved
-  // (the missing piece may have appeared). Never fails.
+  // resolution. A chain that stopped early is cached the same way: what
+  // stopped it is an element that must keep its identity (a loop, a depth
+  // limit, a bad header or backing string) or a missing file that must
+  // still be missing. An element that exists but could not be opened keeps
+  // the chain by its identity when a second look shows it fails the same
+  // way (refused permission, not a regular file or block device); else the
+  // chain is resolved again on every use. Never fails.
   std::shared_ptr<const ChainSnapshot> Get(const std::string& path);
   // Drops every entry (pool definitions changed, so fixes may read differently).
   void Clear();
@@ -102,7 +124,9 @@ class ChainCache {
   bool WatchesDirOf(const std::string& path) const;
   // Sets a hook called (outside locks) with every newly resolved chain, so
   // the daemon can watch the directories of elements outside the pools.
-  void set_on_resolved(std::function<void(const core::Chain&)> hook) { on_resolved_ = std::move(hook); }
+  void set_on_resolved(std::function<void(const core::Chain&)> hook) {
+    on_resolved_ = std::move(hook);
+  }
 
  private:
   // Re-stats every element of `snap`; on success, records the epoch it is

@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/chain/inspector.h"
 #include "fs/errno_map.h"
 
 namespace chainfs::fs {
@@ -15,6 +16,16 @@ namespace {
 std::string OneLineText(std::string s) {
   std::replace(s.begin(), s.end(), '\n', ' ');
   return s;
+}
+
+// Returns the guest size of the image at `path` from its header (one small
+// read; 0 if it cannot be read): the total a job shows before its work
+// reports one.
+uint64_t GuestSize(const std::string& path) {
+  core::ImageInspector inspector(1);
+  core::Result<std::shared_ptr<const core::Inspection>> in = inspector.Inspect(path);
+  if (!in.ok() || !(*in)->meta) return 0;
+  return (*in)->meta->virtual_size;
 }
 
 }  // namespace
@@ -72,6 +83,9 @@ core::Status RebaseJobs::Start(const std::string& image, const std::string& targ
                                std::optional<std::string> new_backing, Work work,
                                Finished finished) {
   Reap();
+  // Before the lock (it is I/O): the total is known from the first
+  // `cat VOL/rebase` on, not only once the work has opened both chains.
+  const uint64_t total = GuestSize(image);
   std::lock_guard<std::mutex> lock(mu_);
   for (const Job& job : jobs_) {
     if (job.running && job.image == image) {
@@ -85,12 +99,13 @@ core::Status RebaseJobs::Start(const std::string& image, const std::string& targ
   job->image = image;
   job->target = target;
   job->new_backing = std::move(new_backing);
+  job->total = total;
   job->thread = std::thread([this, job, work = std::move(work), finished = std::move(finished)] {
     auto start = std::chrono::steady_clock::now();
     Progress progress = [this, job](uint64_t done, uint64_t total) {
       std::lock_guard<std::mutex> l(mu_);
       job->done = done;
-      job->total = total;
+      if (total > 0) job->total = total;  // else keep the guest size read at the start
     };
     core::Status result = core::Error(core::Code::kIo, "internal error in the rebase job");
     try {

@@ -49,7 +49,9 @@ class RebaseJobs {
   // Starts a job rebasing the image at absolute `image`. `target` is the
   // resolved host path of the new backing ("" for a flatten or a network
   // source), `new_backing` the string to record (nullopt = flatten).
-  // kBusy if a job for `image` is running.
+  // The job's total is the image's guest size, read from its header here,
+  // so that its progress shows it before `work` first reports; `work`'s
+  // reports replace it. kBusy if a job for `image` is running.
   core::Status Start(const std::string& image, const std::string& target,
                      std::optional<std::string> new_backing, Work work, Finished finished);
   // Returns true if a running job rebases `path` or rebases onto `path`

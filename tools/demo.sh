@@ -4,18 +4,49 @@
 # chain with echo, and unmounts. Run as root on Debian 12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# What the script does goes to stderr as "demo: ..." lines, so that the
+# minutes of a first build are never silent; the compiler's own output is
+# kept in a log and shown only if the build fails.
+step() { echo "demo: $*" >&2; }
+# Turns cmake's "[ NN%] ..." (make) or "[N/M] ..." (ninja) lines on stdin into one progress line on a
+# terminal ("\r" updates), or a line every 10% otherwise.
+build_progress() {
+  local tty=0
+  if [ -t 2 ]; then tty=1; fi
+  awk -v tty="$tty" '
+    /^\[ *[0-9]+%\]/ || /^\[[0-9]+\/[0-9]+\]/ {
+      if (match($0, /^\[ *[0-9]+%/)) {
+        p = substr($0, 2, RLENGTH - 2) + 0
+      } else {
+        split(substr($0, 2, index($0, "]") - 2), n, "/"); p = n[2] > 0 ? int(n[1] * 100 / n[2]) : 0
+      }
+      if (tty && p != last) { printf "\rdemo: building chainfs %3d%%", p; fflush() }
+      if (!tty && int(p / 10) != int(last / 10)) { printf "demo: building chainfs %d%%\n", p; fflush() }
+      last = p
+    }
+    END { if (tty && last != "") { printf "\n"; fflush() } }' >&2
+}
+step "checking the build dependencies (tools/deps.sh)"
 bash tools/deps.sh
 buildlog=$(mktemp)
-if ! { cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCHAINFS_TESTS=OFF &&
-       cmake --build build -j"$(nproc)"; } >"$buildlog" 2>&1; then
+step "configuring a Release build in build/ (cmake)"
+if ! cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCHAINFS_TESTS=OFF >"$buildlog" 2>&1; then
+  cat "$buildlog" >&2
+  rm -f "$buildlog"
+  exit 1
+fi
+step "building with $(nproc) jobs (a few minutes the first time; log: $buildlog)"
+if ! cmake --build build -j"$(nproc)" 2>&1 | tee -a "$buildlog" | build_progress; then
   cat "$buildlog" >&2
   rm -f "$buildlog"
   exit 1
 fi
 rm -f "$buildlog"
+step "built build/chainfs"
 top=$(pwd)
 
 mnt=$(mktemp -d "${TMPDIR:-/tmp}/chainfs-demo-mnt-XXXXXX")
+step "mounting the demo pool on $mnt (chainfs -f --demo)"
 "$top/build/chainfs" -f --demo "$mnt" > "$mnt.log" 2>&1 &
 pid=$!
 cleanup() {

@@ -20,5 +20,8 @@ echo "deps: installing ${missing[*]}" >&2
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
+echo "deps: apt-get update" >&2
 $sudo apt-get update -qq
+echo "deps: apt-get install (${#missing[@]} packages and what they need; can take minutes)" >&2
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "deps: installed" >&2
