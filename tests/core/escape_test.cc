@@ -1,14 +1,14 @@
 // Escaping of strings read from images for every output they reach: one-line
 // texts (EscapeOneLine, OneLine), one-value files (OneValue), XML (XmlSafe)
 // and JSON (JsonQuote, as qemu's JSON writer).
+#include "core/util/escape.h"
+
 #include <gtest/gtest.h>
 
 #include <pugixml.hpp>
-
 #include <sstream>
 #include <string>
 
-#include "core/util/escape.h"
 #include "core/util/json.h"
 
 namespace chainfs::core {
@@ -16,13 +16,20 @@ namespace {
 
 // Bytes a hostile image may put into a backing string.
 const std::string kHostile =
-    "a\nb\rc\td\x01" "e\x1b[31mf\x7f" "g\xff" "h\xed\xa0\x80" "i\xef\xbf\xbe" "j\xc2\x85" "k\\l";
+    "a\nb\rc\td\x01"
+    "e\x1b[31mf\x7f"
+    "g\xff"
+    "h\xed\xa0\x80"
+    "i\xef\xbf\xbe"
+    "j\xc2\x85"
+    "k\\l";
 
 TEST(EscapeOneLine, EscapesControlsBackslashAndInvalidUtf8) {
   EXPECT_EQ(EscapeOneLine("plain /p/a b.qcow2"), "plain /p/a b.qcow2");
   EXPECT_EQ(EscapeOneLine("caf\xc3\xa9 \xf0\x9f\x98\x80"), "caf\xc3\xa9 \xf0\x9f\x98\x80");
-  EXPECT_EQ(EscapeOneLine(kHostile),
-            "a\\nb\\rc\\td\\x01e\\x1b[31mf\\x7fg\\xffh\\xed\\xa0\\x80i\xef\xbf\xbej\\xc2\\x85k\\\\l");
+  EXPECT_EQ(
+      EscapeOneLine(kHostile),
+      "a\\nb\\rc\\td\\x01e\\x1b[31mf\\x7fg\\xffh\\xed\\xa0\\x80i\xef\xbf\xbej\\xc2\\x85k\\\\l");
   EXPECT_EQ(EscapeOneLine(std::string("n\0ul", 4)), "n\\x00ul");
 }
 
@@ -60,13 +67,17 @@ TEST(OneValue, KeepsRecordedBytesUnlessAControlCharacterWouldBreakTheLine) {
   EXPECT_EQ(OneValue("base\n.raw"), "base\\n.raw");
   EXPECT_EQ(OneValue("caf\xe9\r"), "caf\\xe9\\r");
   EXPECT_EQ(OneValue("x\x1b[31m"), "x\\x1b[31m");
-  EXPECT_EQ(OneValue("x\xc2\x9b" "31m"), "x\\xc2\\x9b31m");
+  EXPECT_EQ(OneValue("x\xc2\x9b"
+                     "31m"),
+            "x\\xc2\\x9b31m");
 }
 
 TEST(XmlSafe, ReplacesEverythingXml10CannotCarryByReplacementCharacter) {
   const std::string fffd = "\xef\xbf\xbd";
   EXPECT_EQ(XmlSafe("/pool/caf\xc3\xa9 & <b>.qcow2"), "/pool/caf\xc3\xa9 & <b>.qcow2");
-  EXPECT_EQ(XmlSafe("a\x01" "b"), "a" + fffd + "b");
+  EXPECT_EQ(XmlSafe("a\x01"
+                    "b"),
+            "a" + fffd + "b");
   EXPECT_EQ(XmlSafe("a\nb\rc\td"), "a" + fffd + "b" + fffd + "c" + fffd + "d");
   EXPECT_EQ(XmlSafe("\xff\xfe"), fffd + fffd);
   EXPECT_EQ(XmlSafe("\xef\xbf\xbe|\xef\xbf\xbf|\xef\xbf\xbd"), fffd + "|" + fffd + "|" + fffd);
@@ -95,15 +106,17 @@ TEST(JsonQuote, EscapesAsQemuJsonWriter) {
   // Invalid UTF-8 as U+FFFD: one per broken sequence, as qemu's
   // mod_utf8_codepoint consumes it.
   EXPECT_EQ(JsonQuote("\xff"), "\"\\uFFFD\"");
-  EXPECT_EQ(JsonQuote("\xed\xa0\x80"), "\"\\uFFFD\"");          // surrogate
+  EXPECT_EQ(JsonQuote("\xed\xa0\x80"), "\"\\uFFFD\"");                     // surrogate
   EXPECT_EQ(JsonQuote("\xef\xbf\xbe\xef\xbf\xbf"), "\"\\uFFFD\\uFFFD\"");  // noncharacters
-  EXPECT_EQ(JsonQuote("\xef\xb7\x90"), "\"\\uFFFD\"");          // U+FDD0
-  EXPECT_EQ(JsonQuote("\xe0\x80" "a"), "\"\\uFFFDa\"");           // overlong, cut short
-  EXPECT_EQ(JsonQuote("\xe0\x80\x80"), "\"\\uFFFD\"");          // overlong
-  EXPECT_EQ(JsonQuote("\xf4\x90\x80\x80"), "\"\\uFFFD\"");      // beyond U+10FFFF
-  EXPECT_EQ(JsonQuote("\x80\x80"), "\"\\uFFFD\\uFFFD\"");       // stray continuations
-  EXPECT_EQ(JsonQuote("\xc3"), "\"\\uFFFD\"");                  // truncated at the end
-  EXPECT_EQ(JsonQuote("\xc0\x80"), "\"\\u0000\"");              // modified UTF-8 NUL
+  EXPECT_EQ(JsonQuote("\xef\xb7\x90"), "\"\\uFFFD\"");                     // U+FDD0
+  EXPECT_EQ(JsonQuote("\xe0\x80"
+                      "a"),
+            "\"\\uFFFDa\"");                                        // overlong, cut short
+  EXPECT_EQ(JsonQuote("\xe0\x80\x80"), "\"\\uFFFD\"");              // overlong
+  EXPECT_EQ(JsonQuote("\xf4\x90\x80\x80"), "\"\\uFFFD\"");          // beyond U+10FFFF
+  EXPECT_EQ(JsonQuote("\x80\x80"), "\"\\uFFFD\\uFFFD\"");           // stray continuations
+  EXPECT_EQ(JsonQuote("\xc3"), "\"\\uFFFD\"");                      // truncated at the end
+  EXPECT_EQ(JsonQuote("\xc0\x80"), "\"\\u0000\"");                  // modified UTF-8 NUL
   EXPECT_EQ(JsonQuote("\xfc\x80\x80\x80\x80\x80"), "\"\\uFFFD\"");  // six-byte form
 }
 

@@ -86,8 +86,8 @@ TEST_F(FormatMismatchTest, RawRecordedOverQcow2HeaderIsShownButRawStaysInUse) {
 
 TEST_F(FormatMismatchTest, Qcow2RecordedOverRawBytesNamesBothFormats) {
   QemuImg({"create", "-q", "-f", "raw", P("base.raw"), "1M"});
-  QemuImg({"create", "-q", "-f", "qcow2", "-u", "-b", "base.raw", "-F", "qcow2", P("top.qcow2"),
-           "1M"});
+  QemuImg(
+      {"create", "-q", "-f", "qcow2", "-u", "-b", "base.raw", "-F", "qcow2", P("top.qcow2"), "1M"});
   Chain c = Resolve("top.qcow2");
   const Problem* p = Mismatch(c);
   ASSERT_NE(p, nullptr) << RenderProblems(c);
@@ -109,7 +109,9 @@ TEST_F(FormatMismatchTest, AgreeingFormatsAndRawOverIsoGiveNoProblem) {
   // An ISO 9660 image recorded as raw: qemu has no iso driver and reads it
   // raw, the guest sees the same bytes either way.
   std::vector<uint8_t> iso(64 * 1024, 0);
-  const char kMagic[] = "\x01" "CD001\x01";
+  const char kMagic[] =
+      "\x01"
+      "CD001\x01";
   std::copy(kMagic, kMagic + 7, iso.begin() + 0x8000);
   ASSERT_TRUE(testutil::WriteBytes(P("cd.iso"), iso).ok());
   QemuImg({"create", "-q", "-f", "qcow2", "-b", "cd.iso", "-F", "raw", P("over-iso.qcow2")});

@@ -48,15 +48,16 @@ std::string StrictJsonComplaint(const std::string& json) {
 std::string XmlComplaint(const std::string& xml, const std::string& schema) {
   RunResult wf = RunWithInput({"xmllint", "--noout", "-"}, xml);
   if (wf.exit_code != 0) return "not well-formed: " + wf.err;
-  RunResult v = RunWithInput(
-      {"xmllint", "--noout", "--relaxng", std::string(kSchemas) + schema, "-"}, xml);
+  RunResult v =
+      RunWithInput({"xmllint", "--noout", "--relaxng", std::string(kSchemas) + schema, "-"}, xml);
   if (v.exit_code != 0) return schema + ": " + v.err;
   return "";
 }
 
 std::string WrapDisk(const std::string& disk) {
   return "<domain type='kvm'><name>x</name><memory>131072</memory><os><type>hvm</type></os>"
-         "<devices>" + disk + "</devices></domain>";
+         "<devices>" +
+         disk + "</devices></domain>";
 }
 
 // Returns the text after `"key": ` up to the end of its line in qemu-img's
@@ -77,9 +78,7 @@ class HostileOutputTest : public ::testing::Test {
   std::vector<HostileCase> cases_;
 };
 
-TEST_F(HostileOutputTest, MakesAtLeastFifteenDistinctCases) {
-  EXPECT_GE(cases_.size(), 15u);
-}
+TEST_F(HostileOutputTest, MakesAtLeastFifteenDistinctCases) { EXPECT_GE(cases_.size(), 15u); }
 
 TEST_F(HostileOutputTest, InfoJsonParsesStrictlyAndEscapesAsQemuImg) {
   for (const HostileCase& c : cases_) {
@@ -180,7 +179,8 @@ TEST_F(HostileOutputTest, PoolXmlStaysXml10WhenTheDefinitionCarriesCharacterRefe
   Result<PoolDef> pool = ParsePoolXml(
       "<pool type='netfs'><name>nfs</name><uuid>2b0b3e3c-6b7a-4c1e-9a34-5b8f7f8d1e20</uuid>"
       "<source><host name='filer.example.com'/><dir path='/export&#1;&#10;x'/>"
-      "<format type='nfs'/></source><target><path>" + dir_.path() + "</path></target></pool>",
+      "<format type='nfs'/></source><target><path>" +
+          dir_.path() + "</path></target></pool>",
       "netfs.xml");
   ASSERT_TRUE(pool.ok()) << pool.status().ToString();
   std::string xml = RenderPoolXml(*pool, StatPoolSpace(*pool));

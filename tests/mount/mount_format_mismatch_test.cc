@@ -30,8 +30,9 @@ TEST_F(MountTest, RawRecordedOverQcow2BackingIsAcceptedAndShownAsFormatMismatch)
             0u)
       << problems;
   EXPECT_NE(problems.find("a guest sees the qcow2 file's own bytes"), std::string::npos);
-  EXPECT_NE(problems.find("-- fix: if it is a qcow2 image: echo qcow2 > p/top.qcow2/backing_format"),
-            std::string::npos)
+  EXPECT_NE(
+      problems.find("-- fix: if it is a qcow2 image: echo qcow2 > p/top.qcow2/backing_format"),
+      std::string::npos)
       << problems;
   EXPECT_NE(problems.find("keep raw"), std::string::npos) << problems;
   EXPECT_NE(ReadFile(M("p/top.qcow2/info")).find("Problems:\n" + problems), std::string::npos);

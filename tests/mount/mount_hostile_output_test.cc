@@ -5,7 +5,6 @@
 // one-value files one line, and neither the tree nor .chainfs/log carries a
 // raw control character. Documents equal chainctl's, byte for byte.
 #include <dirent.h>
-
 #include <gtest/gtest.h>
 
 #include <string>
@@ -37,15 +36,16 @@ std::string StrictJsonComplaint(const std::string& json) {
 std::string XmlComplaint(const std::string& xml, const std::string& schema) {
   RunResult wf = RunWithInput({"xmllint", "--noout", "-"}, xml);
   if (wf.exit_code != 0) return "not well-formed: " + wf.err;
-  RunResult v = RunWithInput(
-      {"xmllint", "--noout", "--relaxng", std::string(kSchemas) + schema, "-"}, xml);
+  RunResult v =
+      RunWithInput({"xmllint", "--noout", "--relaxng", std::string(kSchemas) + schema, "-"}, xml);
   if (v.exit_code != 0) return schema + ": " + v.err;
   return "";
 }
 
 std::string WrapDisk(const std::string& disk) {
   return "<domain type='kvm'><name>x</name><memory>131072</memory><os><type>hvm</type></os>"
-         "<devices>" + disk + "</devices></domain>";
+         "<devices>" +
+         disk + "</devices></domain>";
 }
 
 std::vector<std::string> Entries(const std::string& dir) {
@@ -147,7 +147,8 @@ TEST_F(MountHostileOutputTest, EveryVolumeOfThePoolAndThePoolItselfStayValid) {
   while (start < log.size()) {
     size_t end = log.find('\n', start);
     ASSERT_NE(end, std::string::npos);
-    EXPECT_EQ(log.compare(start, 2, "20"), 0) << core::EscapeOneLine(log.substr(start, end - start));
+    EXPECT_EQ(log.compare(start, 2, "20"), 0)
+        << core::EscapeOneLine(log.substr(start, end - start));
     ++events;
     start = end + 1;
   }

@@ -1,8 +1,7 @@
 #include "util/hostile_images.h"
 
-#include <gtest/gtest.h>
-
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 
 #include <optional>
 
@@ -40,7 +39,8 @@ std::vector<HostileCase> MakeHostileImages(const std::string& dir, bool hostile_
     HostileCase c;
     c.label = label;
     std::string prefix = fmt::format("c{:02}-", n);
-    c.top = prefix + (hostile_top_names && top_hostile ? "t\x01\nop\xff\x1b[0m.qcow2" : "top.qcow2");
+    c.top =
+        prefix + (hostile_top_names && top_hostile ? "t\x01\nop\xff\x1b[0m.qcow2" : "top.qcow2");
     c.elements = elements;
     c.problems = problems;
     cases.push_back(c);
@@ -87,8 +87,7 @@ std::vector<HostileCase> MakeHostileImages(const std::string& dir, bool hostile_
 
   add("json: file with quotes, backslashes and escaped controls", 2, 0);
   Overlay(dir, top(),
-          R"(json:{"file":{"driver":"file","filename":"/nonexistent/q\"b\\s\nl\u0001"}})",
-          "raw");
+          R"(json:{"file":{"driver":"file","filename":"/nonexistent/q\"b\\s\nl\u0001"}})", "raw");
 
   add("json: that does not parse, with raw control bytes", 1, 1, true);
   Overlay(dir, top(), "json:{\"a\":\"\x01\xff\n\"}", "raw");

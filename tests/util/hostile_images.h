@@ -12,12 +12,12 @@ namespace chainfs::testutil {
 
 // One hostile chain: its top image and what a correct resolver finds.
 struct HostileCase {
-  std::string label;     // what is hostile, for test messages
-  std::string top;       // file name of the top image in the folder
-  int elements = 0;      // chain elements (= lines of `chainctl chain`)
-  int problems = 0;      // problems (= lines of `chainctl check` and VOL/problems)
-  bool has_backing = true;     // the top records a backing string
-  bool qemu_compares = true;   // qemu-img info reads the same backing string
+  std::string label;          // what is hostile, for test messages
+  std::string top;            // file name of the top image in the folder
+  int elements = 0;           // chain elements (= lines of `chainctl chain`)
+  int problems = 0;           // problems (= lines of `chainctl check` and VOL/problems)
+  bool has_backing = true;    // the top records a backing string
+  bool qemu_compares = true;  // qemu-img info reads the same backing string
 };
 
 // Writes every case's images into `dir` (names start "cNN-" so cases never
