@@ -69,9 +69,9 @@ Status CheckNoLoop(ImageInspector& inspector, const LoopSubject& subject, const 
     }
     if (subject.id && SameFile(st->id, *subject.id)) {
       if (depth == 1) {
-        return LoopError(fmt::format(
-            "new backing '{}' is '{}' itself: that would be a backing chain loop", shown,
-            subject.path));
+        return LoopError(
+            fmt::format("new backing '{}' is '{}' itself: that would be a backing chain loop",
+                        shown, subject.path));
       }
       return LoopError(fmt::format(
           "new backing '{}' is backed by '{}' itself (through '{}', chain index {}): that would "
@@ -80,12 +80,12 @@ Status CheckNoLoop(ImageInspector& inspector, const LoopSubject& subject, const 
     }
     auto key = std::make_pair(st->id.dev, st->id.ino);
     if (auto it = seen.find(key); it != seen.end()) {
-      return LoopError(fmt::format(
-          "the chain below new backing '{}' of '{}' already loops: '{}' is '{}' again", shown,
-          subject.path, path, it->second));
+      return LoopError(
+          fmt::format("the chain below new backing '{}' of '{}' already loops: '{}' is '{}' again",
+                      shown, subject.path, path, it->second));
     }
     seen.emplace(key, path);
-    if (fmt == "raw") return Status::Ok();  // raw has no backing
+    if (fmt == "raw") return Status::Ok();                                // raw has no backing
     if (!fmt.empty() && FindDriver(fmt) == nullptr) return Status::Ok();  // QEMU cannot open it
     Result<std::shared_ptr<const Inspection>> in = inspector.Inspect(path, fmt);
     if (!in.ok() || !(*in)->meta) return Status::Ok();

@@ -48,7 +48,8 @@ Status OpenNewChain(ImageInspector& inspector, const std::string& image_path,
   if (!ref->IsLocal()) {
     return Error(Code::kUnsupported,
                  "'{}' is not a local file; its content cannot be compared; retarget instead: {}",
-                 new_backing, Suggest(trust, {Suggestion::kRetargetInstead, image_path, new_backing}));
+                 new_backing,
+                 Suggest(trust, {Suggestion::kRetargetInstead, image_path, new_backing}));
   }
   const std::string& resolved = ref->resolved_path;
   Result<FileStat> st = StatPath(resolved);
@@ -87,8 +88,8 @@ Status OpenNewChain(ImageInspector& inspector, const std::string& image_path,
   }
   // The loop check every write shares. A safe rebase reports a loop as
   // kInvalidArgument (EINVAL), as chainfs(1) documents for VOL/rebase.
-  Status loop = CheckNoLoop(inspector, LoopSubject{image_path, image_id, std::nullopt},
-                            new_backing, resolved, format);
+  Status loop = CheckNoLoop(inspector, LoopSubject{image_path, image_id, std::nullopt}, new_backing,
+                            resolved, format);
   if (!loop.ok()) return Status(Code::kInvalidArgument, loop.message());
   Result<std::unique_ptr<ChainReader>> opened = ChainReader::Open(chain);
   if (!opened.ok()) {

@@ -47,7 +47,8 @@ TEST(VolumeXmlPrefix, EveryPrefixOfAValidDocumentCanStillBecomeOne) {
         continue;
       }
       EXPECT_EQ(p.state, XmlPrefixState::kIncomplete)
-          << "prefix of " << n << " bytes: " << p.reason << "\n" << doc.substr(0, n);
+          << "prefix of " << n << " bytes: " << p.reason << "\n"
+          << doc.substr(0, n);
     }
     EXPECT_EQ(ClassifyVolumeXmlPrefix(doc).state, XmlPrefixState::kComplete) << doc;
   }
@@ -69,8 +70,8 @@ size_t RefusedAt(const std::string& doc, std::string* reason) {
 TEST(VolumeXmlPrefix, ErrorsInBytesAlreadyWrittenAreRefusedSoonAfterThem) {
   struct Case {
     std::string doc;
-    size_t error_at;      // first byte that makes the document wrong
-    const char* reason;   // part of the reason
+    size_t error_at;     // first byte that makes the document wrong
+    const char* reason;  // part of the reason
   };
   const std::vector<Case> cases = {
       {"# chainfs\n\nA FUSE file system <b>for</b> libvirt hosts.\n", 0, "starts with '#"},
@@ -117,8 +118,7 @@ TEST(VolumeXmlPrefix, GarbageOfAnySizeIsRefusedAndReasonsStayOneEscapedLine) {
   // Blank, or only a prolog: still waiting.
   EXPECT_EQ(ClassifyVolumeXmlPrefix("").state, XmlPrefixState::kIncomplete);
   EXPECT_EQ(ClassifyVolumeXmlPrefix(" \n").state, XmlPrefixState::kIncomplete);
-  EXPECT_EQ(ClassifyVolumeXmlPrefix("<?xml version='1.0'?>\n").state,
-            XmlPrefixState::kIncomplete);
+  EXPECT_EQ(ClassifyVolumeXmlPrefix("<?xml version='1.0'?>\n").state, XmlPrefixState::kIncomplete);
   // A complete document with another root is complete here; ParseVolumeXml
   // refuses it (with its own reason).
   EXPECT_EQ(ClassifyVolumeXmlPrefix("<volume/>").state, XmlPrefixState::kComplete);
@@ -167,10 +167,10 @@ TEST(DependentsReason, NamesEveryDependentUpToTenThenCounts) {
 }
 
 TEST(Suggestions, ChainctlPhrasesEveryFixAsAChainctlCommandNeverAMountFile) {
-  for (Suggestion what : {Suggestion::kDeclareFormatForCreate,
-                          Suggestion::kDeclareFormatForRetarget,
-                          Suggestion::kDeclareFormatForRebase, Suggestion::kRetargetInstead,
-                          Suggestion::kFlattenInstead}) {
+  for (Suggestion what :
+       {Suggestion::kDeclareFormatForCreate, Suggestion::kDeclareFormatForRetarget,
+        Suggestion::kDeclareFormatForRebase, Suggestion::kRetargetInstead,
+        Suggestion::kFlattenInstead}) {
     std::string s = ChainctlSuggestion({what, "/p/my disk.qcow2", "base.raw"});
     EXPECT_EQ(s.rfind("chainctl ", 0), 0u) << s;
     EXPECT_EQ(s.find("echo"), std::string::npos) << s;

@@ -143,8 +143,8 @@ TEST_F(WriteSafetyTest, SafeRebaseSharesTheLoopCheck) {
   MakeChain();
   QemuImg({"-f", "qcow2", "-b", "top.qcow2", "-F", "qcow2", P("over.qcow2")});
   auto before = Fingerprint();
-  Status s = SafeRebase(inspector_, P("mid.qcow2"), std::string("over.qcow2"),
-                        std::string("qcow2"), TrustContext{});
+  Status s = SafeRebase(inspector_, P("mid.qcow2"), std::string("over.qcow2"), std::string("qcow2"),
+                        TrustContext{});
   EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();  // chainfs(1): EINVAL for rebase
   EXPECT_NE(s.message().find("loop"), std::string::npos) << s.message();
   EXPECT_EQ(Fingerprint(), before);
@@ -162,8 +162,8 @@ TEST_F(WriteSafetyTest, NewOverlayOrRenameFillingADanglingBackingNameIsRefusedWi
                            std::string("qcow2"), TrustContext{});
   EXPECT_TRUE(IsLoopError(s)) << s.ToString();
   EXPECT_NE(s.message().find("new.qcow2"), std::string::npos) << s.message();
-  s = CreateOverlay(inspector_, P("new2.qcow2"), "via.qcow2", P("via.qcow2"),
-                    std::string("qcow2"), TrustContext{});
+  s = CreateOverlay(inspector_, P("new2.qcow2"), "via.qcow2", P("via.qcow2"), std::string("qcow2"),
+                    TrustContext{});
   EXPECT_TRUE(IsLoopError(s)) << s.ToString();
   RunResult r = Chainctl({"create", "-b", "dangle.qcow2", "-F", "qcow2", P("new.qcow2")});
   EXPECT_EQ(r.exit_code, 1) << r.err;
@@ -199,8 +199,8 @@ TEST_F(WriteSafetyTest, RetargetOntoAnotherFormatFollowsTheTrustRuleOrRefuses) {
   ASSERT_TRUE(Retarget(inspector_, P("mid.qcow2"), "solo.qcow2", TrustContext{}).ok());
   EXPECT_EQ(InfoField(P("mid.qcow2"), "backing-filename-format"), "qcow2");
   EXPECT_TRUE(QemuCheckClean(P("mid.qcow2")));
-  RunResult cmp = testutil::Run({"qemu-img", "compare", "-f", "qcow2", "-F", "raw", P("mid.qcow2"),
-                                 P("base.raw")});
+  RunResult cmp = testutil::Run(
+      {"qemu-img", "compare", "-f", "qcow2", "-F", "raw", P("mid.qcow2"), P("base.raw")});
   EXPECT_NE(cmp.exit_code, 2) << cmp.err;  // readable through the new chain
 
   // Back onto a raw file: probes raw, recorded qcow2 -> raw.

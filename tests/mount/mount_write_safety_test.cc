@@ -153,7 +153,6 @@ TEST_F(MountWriteSafetyTest, EchoBackingOntoAnotherFormatFollowsTheTrustRuleOrIs
   EXPECT_EQ(InfoString(info, "backing-filename"), "evil.qcow2");
   EXPECT_EQ(InfoString(info, "backing-filename-format"), "qcow2");
   ExpectCheckCleanSoon(P("mid.qcow2"));
-
 }
 
 TEST_F(MountWriteSafetyTest, BackingFormatOnAnImageWithoutBackingIsEnotsup) {
@@ -195,8 +194,8 @@ TEST_F(MountWriteSafetyTest, MalformedCreateDocumentsOfAnySizeAreEinvalWithTheRe
   }
 
   // Another root element, bigger than one write.
-  std::string domain = "<domain type='kvm'><name>vm</name><!-- " + std::string(9000, 'x') +
-                       " --></domain>\n";
+  std::string domain =
+      "<domain type='kvm'><name>vm</name><!-- " + std::string(9000, 'x') + " --></domain>\n";
   WriteHostFile(tmp_.Sub("domain.xml"), domain);
   r = Shell("dd status=none bs=4096 if=" + tmp_.Sub("domain.xml") + " of=" + M("p/.create"));
   EXPECT_NE(r.exit_code, 0);
@@ -222,8 +221,9 @@ TEST_F(MountWriteSafetyTest, MalformedCreateDocumentsOfAnySizeAreEinvalWithTheRe
   EXPECT_EQ(InfoNumber(QemuInfo(P("big.qcow2")), "virtual-size"), uint64_t(8) << 20);
   ExpectCheckCleanSoon(P("big.qcow2"));
 
-  std::string exact = "<volume><name>exact.qcow2</name><capacity unit='M'>4</capacity>"
-                      "<target><format type='qcow2'/></target><!-- ";
+  std::string exact =
+      "<volume><name>exact.qcow2</name><capacity unit='M'>4</capacity>"
+      "<target><format type='qcow2'/></target><!-- ";
   exact += std::string(8192 - exact.size() - std::string(" --></volume>").size(), 'e');
   exact += " --></volume>";
   ASSERT_EQ(exact.size(), 8192u);
@@ -237,8 +237,8 @@ TEST_F(MountWriteSafetyTest, MalformedCreateDocumentsOfAnySizeAreEinvalWithTheRe
 TEST_F(MountWriteSafetyTest, RmdirRefusalNamesEveryDependentUpToTen) {
   QemuImgCreate({"-f", "raw", P("base.raw"), "1M"});
   for (int i = 0; i < 12; ++i) {
-    QemuImgCreate({"-f", "qcow2", "-b", "base.raw", "-F", "raw",
-                   P("o" + std::to_string(i) + ".qcow2")});
+    QemuImgCreate(
+        {"-f", "qcow2", "-b", "base.raw", "-F", "raw", P("o" + std::to_string(i) + ".qcow2")});
   }
   ASSERT_TRUE(MountPool());
   auto before = Fingerprint();
