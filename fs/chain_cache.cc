@@ -115,19 +115,24 @@ bool ChainCache::Revalidate(const ChainSnapshot& snap) const {
     struct stat lst;
     std::optional<core::FileIdentity> now;
     int rc = ::lstat(e.path.c_str(), &lst);
+    int err = rc == 0 ? 0 : errno;
+    if (checks[i] == ElementCheck::kAbsent) {
+      // Still missing. A name missing from a watched directory is vouched
+      // for like a file there: creating it raises an event.
+      if (err == ENOENT) continue;
+      epoch.reset();
+      if (err == ENOTDIR) continue;
+      if (rc == 0 && !S_ISLNK(lst.st_mode)) return false;  // it exists now
+      if (!Absent(e.path)) return false;  // a link that leads somewhere now, or EACCES
+      continue;
+    }
     if (rc == 0 && !S_ISLNK(lst.st_mode)) {
       now = core::FromStat(lst).id;
       if (!S_ISREG(lst.st_mode) || lst.st_nlink != 1) epoch.reset();
     } else {
-      // A symlink: its target's directory may not be watched. A name
-      // missing from a watched directory is vouched for like a file.
-      if (rc == 0 || errno != ENOENT) epoch.reset();
+      epoch.reset();  // a symlink: its target's directory may not be watched
       core::Result<core::FileStat> st = core::StatPath(e.path);
       if (st.ok()) now = st->id;
-    }
-    if (checks[i] == ElementCheck::kAbsent) {
-      if (now || !Absent(e.path)) return false;
-      continue;
     }
     if (!now || !then || !(*now == *then)) return false;
   }
