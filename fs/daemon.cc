@@ -7,7 +7,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -42,6 +44,43 @@ struct Args {
   }
 };
 
+// Returns the mount point field of /proc/self/mountinfo with its octal
+// escapes (\040 for a space, ...) decoded.
+std::string UnescapeMountField(const std::string& field) {
+  std::string out;
+  for (size_t i = 0; i < field.size(); ++i) {
+    if (field[i] == '\\' && i + 3 < field.size() &&
+        field[i + 1] >= '0' && field[i + 1] <= '3') {
+      out += char((field[i + 1] - '0') * 64 + (field[i + 2] - '0') * 8 + (field[i + 3] - '0'));
+      i += 3;
+    } else {
+      out += field[i];
+    }
+  }
+  return out;
+}
+
+// Returns true if a chainfs mount is mounted at `path` (absolute, lexically
+// normalized). Reads /proc/self/mountinfo only: the mountpoint itself is
+// not touched, since a wedged mount there could hang a stat.
+bool ChainfsMountedAt(const std::string& path) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+    std::istringstream fields(line);
+    std::string id, parent, dev, root, point;
+    if (!(fields >> id >> parent >> dev >> root >> point)) continue;
+    size_t dash = line.find(" - ");
+    if (dash == std::string::npos) continue;
+    std::istringstream tail(line.substr(dash + 3));
+    std::string fstype;
+    tail >> fstype;
+    if (fstype == "fuse.chainfs" && UnescapeMountField(point) == path) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 int RunMount(const MountOptions& options) {
@@ -66,9 +105,27 @@ int RunMount(const MountOptions& options) {
     }
   } demo_cleanup{demo_dir};
 
+  // What the user named must exist: a typo must not mount an empty tree.
+  core::Status named = core::PoolCatalog::CheckExplicitSources(opts.sources);
+  if (!named.ok()) {
+    Fail(named.message());
+    return 1;
+  }
   core::Result<core::PoolLoad> load = core::PoolCatalog::LoadPools(opts.sources);
   if (!load.ok()) {
     Fail(load.status().message());
+    return 1;
+  }
+
+  std::string absolute = opts.mountpoint;
+  if (absolute.empty() || absolute[0] != '/') {
+    char cwd[4096];
+    if (getcwd(cwd, sizeof(cwd)) != nullptr) absolute = std::string(cwd) + "/" + absolute;
+  }
+  absolute = core::NormalizePathLexically(absolute);
+  if (ChainfsMountedAt(absolute)) {
+    Fail(fmt::format("{}: chainfs is already mounted there (unmount it first: fusermount3 -u {})",
+                     absolute, absolute));
     return 1;
   }
 

@@ -26,10 +26,15 @@ struct timespec PlusOneNs(struct timespec t) {
   return t;
 }
 
-// Sends the inode invalidations, attributes only for the current request's.
-void Notify(struct fuse_session* se, const std::vector<uint64_t>& inodes) {
+// Sends the inode invalidations: attributes only for the current request's
+// inode and for inodes with a request in flight (a READ holds page locks
+// that dropping pages would wait for). Attributes suffice for correctness:
+// the next access refreshes them, and a new size or mtime drops the pages
+// (auto_inval_data).
+void Notify(FsState& fs, struct fuse_session* se, const std::vector<uint64_t>& inodes) {
   for (uint64_t ino : inodes) {
-    fuse_lowlevel_notify_inval_inode(se, ino, ino == request_ino ? -1 : 0, 0);
+    bool attr_only = ino == request_ino || fs.gate.Busy(ino);
+    fuse_lowlevel_notify_inval_inode(se, ino, attr_only ? -1 : 0, 0);
   }
 }
 
@@ -171,7 +176,7 @@ void InvalidateKernelImages(FsState& fs, const std::vector<std::string>& paths) 
   for (const std::string& prefix : prefixes) {
     for (const auto& [ino, key] : fs.nodes.FindByPrefix(prefix)) inodes.insert(ino);
   }
-  Notify(se, std::vector<uint64_t>(inodes.begin(), inodes.end()));
+  Notify(fs, se, std::vector<uint64_t>(inodes.begin(), inodes.end()));
 }
 
 void InvalidateKernelAll(FsState& fs) {
@@ -185,7 +190,7 @@ void InvalidateKernelAll(FsState& fs) {
     }
   }
   inodes.push_back(kRootIno);
-  Notify(se, inodes);
+  Notify(fs, se, inodes);
 }
 
 }  // namespace chainfs::fs

@@ -224,6 +224,7 @@ void OpInit(void* userdata, struct fuse_conn_info* conn) {
 
 void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Guarded(req, Op::kLookup, [&](FsState& fs) {
+    DirGate::Scope busy(fs.gate, parent);  // the kernel holds parent's lock
     core::QuietEpochScope quiet;  // read-only request: one epoch sample
     Result<NodeKey> parent_key = KeyOf(fs, parent);
     if (!parent_key.ok()) return ReplyStatus(req, fs, Op::kLookup, name, parent_key.status());
@@ -237,6 +238,7 @@ void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     if (!key.ok()) return ReplyStatus(req, fs, Op::kLookup, path(), key.status());
     Result<struct fuse_entry_param> e = EntryFor(fs, *key);
     if (!e.ok()) return ReplyStatus(req, fs, Op::kLookup, path(), e.status());
+    fs.gate.ClearDropped(parent, name);
     if (fuse_reply_entry(req, &*e) != 0) ForgetNode(fs, e->ino, 1);  // interrupted
   });
 }
@@ -270,6 +272,7 @@ void OpGetattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info*) {
 void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
                struct fuse_file_info*) {
   Guarded(req, Op::kSetattr, [&](FsState& fs) {
+    DirGate::Scope busy(fs.gate, ino);  // the kernel holds its inode lock
     Result<NodeKey> key = KeyOf(fs, ino);
     std::string path = key.ok() ? key->Path() : "-";
     // Truncation: open(2) with O_TRUNC, as every `echo VALUE > FILE` does
@@ -351,6 +354,7 @@ void KeepListingIfUnfinished(FsState& fs, fuse_ino_t ino, off_t off,
 
 void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info*) {
   Guarded(req, Op::kReaddir, [&](FsState& fs) {
+    DirGate::Scope busy(fs.gate, ino);  // the kernel holds its lock (shared)
     core::QuietEpochScope quiet;  // read-only request: one epoch sample
     auto listing = ListingAt(fs, ino, off);
     if (!listing.ok()) return ReplyStatus(req, fs, Op::kReaddir, "-", listing.status());
@@ -393,6 +397,7 @@ void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fu
 void OpReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                    struct fuse_file_info*) {
   Guarded(req, Op::kReaddir, [&](FsState& fs) {
+    DirGate::Scope busy(fs.gate, ino);  // the kernel holds its lock (shared)
     core::QuietEpochScope quiet;  // read-only request: one epoch sample
     auto listing = ListingAt(fs, ino, off);
     if (!listing.ok()) return ReplyStatus(req, fs, Op::kReaddir, "-", listing.status());
@@ -440,6 +445,7 @@ void OpReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 // reading process's ids; the kernel has checked the node's mode already.
 void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info*) {
   Guarded(req, Op::kRead, [&](FsState& fs) {
+    DirGate::Scope busy(fs.gate, ino);  // the kernel holds page locks
     core::QuietEpochScope quiet;  // read-only request: one epoch sample
     Result<NodeKey> key = KeyOf(fs, ino);
     if (!key.ok()) return ReplyStatus(req, fs, Op::kRead, "-", key.status());
@@ -470,6 +476,7 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_
 void OpWrite(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
              struct fuse_file_info*) {
   Guarded(req, Op::kWrite, [&](FsState& fs) {
+    DirGate::Scope busy(fs.gate, ino);  // the kernel holds its inode lock
     Result<NodeKey> key = KeyOf(fs, ino);
     if (!key.ok()) return ReplyStatus(req, fs, Op::kWrite, "-", key.status());
     ScopedRequestInode current(ino);  // its pages are locked until we reply
@@ -495,6 +502,7 @@ Result<NodeKey> ParentKey(FsState& fs, fuse_ino_t parent) { return KeyOf(fs, par
 
 void OpSymlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
   Guarded(req, Op::kSymlink, [&](FsState& fs) {
+    DirGate::Scope busy(fs.gate, parent);
     Result<NodeKey> parent_key = ParentKey(fs, parent);
     if (!parent_key.ok()) return ReplyStatus(req, fs, Op::kSymlink, name, parent_key.status());
     Result<NodeKey> key = SymlinkOverlay(fs, CallerOf(req), *parent_key, name, link);
@@ -510,6 +518,8 @@ void OpSymlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* 
 void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
               const char* newname, unsigned int flags) {
   Guarded(req, Op::kRename, [&](FsState& fs) {
+    DirGate::Scope busy_from(fs.gate, parent);
+    DirGate::Scope busy_to(fs.gate, newparent == parent ? 0 : newparent);
     Result<NodeKey> from = ParentKey(fs, parent);
     if (!from.ok()) return ReplyStatus(req, fs, Op::kRename, name, from.status());
     Result<NodeKey> to = ParentKey(fs, newparent);
@@ -526,16 +536,19 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
 
 void OpRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Guarded(req, Op::kRmdir, [&](FsState& fs) {
+    DirGate::Scope busy(fs.gate, parent);
     Result<NodeKey> from = ParentKey(fs, parent);
     if (!from.ok()) return ReplyStatus(req, fs, Op::kRmdir, name, from.status());
     Status s = RemoveVolume(fs, CallerOf(req), *from, name);
     if (!s.ok()) return ReplyWriteStatus(req, s);
+    fs.gate.NoteDropped(parent, name);  // the kernel deletes its entry itself
     fuse_reply_err(req, 0);
   });
 }
 
 void OpMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t) {
   Guarded(req, Op::kMkdir, [&](FsState& fs) {
+    DirGate::Scope busy(fs.gate, parent);
     Result<NodeKey> from = ParentKey(fs, parent);
     std::string path = from.ok() ? from->Path() + "/" + name : name;
     ReplyWriteStatus(req, RefuseChange(fs, "mkdir", path,
@@ -546,6 +559,7 @@ void OpMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t) {
 
 void OpUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Guarded(req, Op::kUnlink, [&](FsState& fs) {
+    DirGate::Scope busy(fs.gate, parent);
     Result<NodeKey> from = ParentKey(fs, parent);
     std::string path = from.ok() ? from->Path() + "/" + name : name;
     ReplyWriteStatus(req, RefuseChange(fs, "unlink", path,
@@ -559,6 +573,7 @@ void OpUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
 void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t,
               struct fuse_file_info* fi) {
   Guarded(req, Op::kCreate, [&](FsState& fs) {
+    DirGate::Scope busy(fs.gate, parent);
     Result<NodeKey> from = ParentKey(fs, parent);
     if (!from.ok()) return ReplyStatus(req, fs, Op::kCreate, name, from.status());
     std::optional<NodeKey> key = LookupWriteNode(*from, name);

@@ -9,6 +9,7 @@
 #include "core/chain/inspector.h"
 #include "core/pool/catalog.h"
 #include "fs/chain_cache.h"
+#include "fs/dir_gate.h"
 #include "fs/event_log.h"
 #include "fs/kernel_cache.h"
 #include "fs/node_table.h"
@@ -66,6 +67,7 @@ class FsState {
   ChainCache chains;
   NodeTable nodes;
   KernelCache kcache;  // what the kernel may cache, by inode
+  DirGate gate;        // requests in flight, for safe invalidations
   WriteState writes;  // open files of the write side, and its change lock
   Tree tree;
   struct fuse_session* session = nullptr;

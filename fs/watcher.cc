@@ -84,6 +84,9 @@ void Watcher::Start() {
   }
   state_.catalog.set_change_monitor(this);
   state_.chains.set_change_monitor(this);
+  state_.gate.SetIdleCallback([this] {
+    boost::asio::post(io_, [this] { SendDeferredEntries(); });
+  });
   state_.chains.set_on_resolved([this](const core::Chain& chain) {
     for (const core::ChainElement& e : chain.elements) {
       if (!e.network && e.stat) WatchDirOf(e.path);
@@ -102,6 +105,7 @@ void Watcher::Start() {
 void Watcher::Stop() {
   if (!started_) return;
   started_ = false;
+  state_.gate.SetIdleCallback(nullptr);
   io_.stop();
   if (thread_.joinable()) thread_.join();
   state_.catalog.set_change_monitor(nullptr);
@@ -355,14 +359,45 @@ void Watcher::Flush() {
   pending_paths_.clear();
   bool all = pending_all_;
   pending_all_ = false;
-  for (const auto& [parent, name] : entries) {
-    fuse_lowlevel_notify_inval_entry(se, parent, name.c_str(), name.size());
-  }
+  // Inodes first: attributes and pages never need a directory lock.
   if (all) {
     InvalidateKernelAll(state_);
   } else {
     InvalidateKernelImages(state_, paths);
   }
+  SendEntryInvalidations(entries);
 }
+
+bool Watcher::KernelEntryStale(uint64_t parent, const std::string& name) {
+  std::optional<NodeKey> dir = state_.nodes.Get(parent);
+  if (!dir) return false;  // the kernel forgot the directory, and its entries
+  if (state_.gate.Dropped(parent, name)) return false;
+  if (dir->kind == NodeKind::kRoot) {
+    if (!state_.nodes.Find(NodeKey(NodeKind::kPoolDir, name))) return false;
+    return !state_.catalog.FindPool(name).has_value();
+  }
+  if (dir->kind != NodeKind::kPoolDir) return false;
+  // A name the kernel holds no inode for has no positive entry, and
+  // negative entries are never cached (lookups answer ENOENT with no
+  // timeout); a name that is still a volume keeps its entry (its inode's
+  // attributes and pages are invalidated by path).
+  if (!state_.nodes.Find(NodeKey(NodeKind::kVolumeDir, dir->pool, name))) return false;
+  return state_.catalog.FindVolumeShared(dir->pool, name) == nullptr;
+}
+
+void Watcher::SendEntryInvalidations(const std::vector<std::pair<uint64_t, std::string>>& entries) {
+  struct fuse_session* se = state_.session;
+  if (!se || exiting_) return;
+  for (const auto& [parent, name] : entries) {
+    if (!KernelEntryStale(parent, name)) continue;
+    // Never while a request on the directory is in flight: the kernel holds
+    // its lock until we answer (see fs/dir_gate.h). The gate calls back
+    // when the directory is idle.
+    if (state_.gate.DeferIfBusy(parent, name)) continue;
+    fuse_lowlevel_notify_inval_entry(se, parent, name.c_str(), name.size());
+  }
+}
+
+void Watcher::SendDeferredEntries() { SendEntryInvalidations(state_.gate.TakeIdleDeferred()); }
 
 }  // namespace chainfs::fs

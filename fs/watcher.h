@@ -17,6 +17,7 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "core/pool/catalog.h"
 #include "core/pool/change_monitor.h"
@@ -70,6 +71,14 @@ class Watcher : public core::ChangeMonitor {
   void AddWatch(const std::string& dir, const std::string& pool);
   void ScheduleFlush();
   void Flush();
+  // Returns true if the kernel may hold a positive entry `name` in
+  // directory `parent` that no longer names what it did.
+  bool KernelEntryStale(uint64_t parent, const std::string& name);
+  // Sends the entry invalidations that are needed, deferring those of
+  // busy directories (DirGate).
+  void SendEntryInvalidations(const std::vector<std::pair<uint64_t, std::string>>& entries);
+  // Sends the deferred entry invalidations of directories now idle.
+  void SendDeferredEntries();
 
   FsState& state_;
   const core::PoolSources sources_;

@@ -1,8 +1,11 @@
 #include "core/pool/catalog.h"
 
+#include <dirent.h>
 #include <time.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <utility>
 
 #include "core/chain/backing_ref.h"
@@ -88,6 +91,38 @@ Result<PoolLoad> PoolCatalog::LoadPools(const PoolSources& sources) {
   std::sort(load.pools.begin(), load.pools.end(),
             [](const PoolDef& a, const PoolDef& b) { return a.name < b.name; });
   return load;
+}
+
+namespace {
+
+// Returns ok if `dir` can be opened as a directory and listed.
+Status CheckReadableDir(const std::string& what, const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) {
+    int saved = errno;
+    return Error(saved == EACCES ? Code::kPermissionDenied : Code::kNotFound, "{} {}: {}", what,
+                 dir, std::strerror(saved));
+  }
+  ::closedir(d);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status PoolCatalog::CheckExplicitSources(const PoolSources& sources) {
+  if (sources.pool_dir && !sources.pool_dir->empty()) {
+    Status s = CheckReadableDir("--pool-dir", *sources.pool_dir);
+    if (!s.ok()) return s;
+  }
+  for (const std::string& spec : sources.pool_specs) {
+    Result<PoolDef> def = PoolFromSpec(spec);
+    if (!def.ok()) {
+      return Error(Code::kInvalidArgument, "--pool {}: {}", spec, def.status().message());
+    }
+    Status s = CheckReadableDir(fmt::format("--pool {}: pool folder", spec), def->target_path);
+    if (!s.ok()) return s;
+  }
+  return Status::Ok();
 }
 
 void PoolCatalog::SetPools(std::vector<PoolDef> pools) {

@@ -53,6 +53,12 @@ class PoolCatalog {
   // skipped line saying so). kInvalidArgument for a malformed spec; a
   // missing folder or a bad XML file is only a skipped line.
   static Result<PoolLoad> LoadPools(const PoolSources& sources);
+  // Checks that what the user named explicitly can be read: the --pool-dir
+  // folder (when given and not empty) and the target directory of every
+  // --pool spec. Returns the first failure ("--pool-dir DIR: No such file or
+  // directory"), ok otherwise. LoadPools only logs these, for SIGHUP; a
+  // daemon or a command line refuses to start over them.
+  static Status CheckExplicitSources(const PoolSources& sources);
 
   // Replaces every pool definition (initial load, SIGHUP) and drops every
   // cached scan.

@@ -9,6 +9,7 @@
 #include <cerrno>
 
 #include "fs/demo.h"
+#include "fs/dir_gate.h"
 #include "fs/errno_map.h"
 #include "fs/event_log.h"
 #include "fs/kernel_cache.h"
@@ -20,6 +21,48 @@
 
 namespace chainfs::fs {
 namespace {
+
+TEST(DirGate, DefersEntriesOfBusyDirectoriesUntilTheirLastRequestEnds) {
+  DirGate gate;
+  int woken = 0;
+  gate.SetIdleCallback([&] { ++woken; });
+  EXPECT_FALSE(gate.DeferIfBusy(7, "a"));  // idle: send now
+  {
+    DirGate::Scope first(gate, 7);
+    EXPECT_TRUE(gate.Busy(7));
+    EXPECT_FALSE(gate.Busy(8));
+    {
+      DirGate::Scope second(gate, 7);
+      EXPECT_TRUE(gate.DeferIfBusy(7, "a"));
+      EXPECT_TRUE(gate.DeferIfBusy(7, "a"));  // kept once
+      EXPECT_FALSE(gate.DeferIfBusy(8, "b"));
+    }
+    EXPECT_EQ(woken, 0) << "one request on 7 is still in flight";
+    EXPECT_TRUE(gate.TakeIdleDeferred().empty());
+    EXPECT_EQ(gate.deferred(), 1u);
+  }
+  EXPECT_EQ(woken, 1);
+  EXPECT_FALSE(gate.Busy(7));
+  auto idle = gate.TakeIdleDeferred();
+  ASSERT_EQ(idle.size(), 1u);
+  EXPECT_EQ(idle[0], (std::pair<uint64_t, std::string>{7, "a"}));
+  EXPECT_EQ(gate.deferred(), 0u);
+  { DirGate::Scope again(gate, 7); }
+  EXPECT_EQ(woken, 1) << "nothing deferred: no wake-up";
+  { DirGate::Scope none(gate, 0); }
+  EXPECT_FALSE(gate.Busy(0));
+}
+
+TEST(DirGate, DroppedMarksLastUntilTheNameIsLookedUpAgain) {
+  DirGate gate;
+  EXPECT_FALSE(gate.Dropped(3, "x"));
+  gate.NoteDropped(3, "x");
+  EXPECT_TRUE(gate.Dropped(3, "x"));
+  EXPECT_FALSE(gate.Dropped(3, "y"));
+  EXPECT_FALSE(gate.Dropped(4, "x"));
+  gate.ClearDropped(3, "x");
+  EXPECT_FALSE(gate.Dropped(3, "x"));
+}
 
 TEST(MountOptions, ParsesPoolsAndFuseOptions) {
   auto o = ParseMountOptions({"--pool", "a=/x", "--pool-dir=/defs", "-o",

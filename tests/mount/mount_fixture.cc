@@ -1,15 +1,20 @@
 #include "mount/mount_fixture.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -139,6 +144,7 @@ bool Mount::Start(const std::vector<std::string>& args, const std::string& mount
     ADD_FAILURE() << "fork failed";
     return false;
   }
+  StartWatchdog();
   std::string probe = mountpoint + "/.chainfs/version";
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (std::chrono::steady_clock::now() < deadline) {
@@ -173,17 +179,87 @@ int Mount::WaitExit(double seconds) {
   return -1;
 }
 
+void Mount::StartWatchdog() {
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
+    ADD_FAILURE() << "socketpair: " << std::strerror(errno);
+    return;
+  }
+  int seconds = 420;
+  if (const char* env = std::getenv("CHAINFS_TEST_WATCHDOG")) seconds = std::max(1, std::atoi(env));
+  // Everything the child uses is prepared before fork: after it, only
+  // async-signal-safe calls.
+  const std::string where = mountpoint_;
+  const std::string message = "mount test watchdog: freeing " + mountpoint_ + "\n";
+  const pid_t daemon = pid_;
+  pid_t w = ::fork();
+  if (w == 0) {
+    ::close(fds[0]);
+    ::setsid();  // a kill of the test's process group spares it
+    int devnull = ::open("/dev/null", O_RDWR);
+    if (devnull >= 0) {
+      ::dup2(devnull, STDIN_FILENO);
+      ::dup2(devnull, STDOUT_FILENO);
+    }
+    struct pollfd p = {fds[1], POLLIN, 0};
+    int n = ::poll(&p, 1, seconds * 1000);
+    char c = 0;
+    if (n > 0 && ::read(fds[1], &c, 1) == 1 && c == 'd') ::_exit(0);  // dismissed
+    (void)!::write(STDERR_FILENO, message.data(), message.size());
+    ::umount2(where.c_str(), MNT_FORCE);  // aborts this FUSE connection only
+    ::kill(daemon, SIGKILL);
+    ::umount2(where.c_str(), MNT_DETACH);
+    ::_exit(1);
+  }
+  ::close(fds[1]);
+  if (w < 0) {
+    ::close(fds[0]);
+    ADD_FAILURE() << "fork of the watchdog failed";
+    return;
+  }
+  watchdog_pid_ = w;
+  watchdog_fd_ = fds[0];
+}
+
+void Mount::DismissWatchdog() {
+  if (watchdog_fd_ >= 0) {
+    (void)!::send(watchdog_fd_, "d", 1, MSG_NOSIGNAL);
+    ::close(watchdog_fd_);
+    watchdog_fd_ = -1;
+  }
+  if (watchdog_pid_ > 0) {
+    int status = 0;
+    ::waitpid(watchdog_pid_, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << "the mount test watchdog had to free " << mountpoint_ << " (the test hung)";
+    watchdog_pid_ = -1;
+  }
+}
+
+void Mount::ForceAbort() {
+  if (mountpoint_.empty()) return;
+  ::umount2(mountpoint_.c_str(), MNT_FORCE);
+  if (IsMounted(mountpoint_)) ::umount2(mountpoint_.c_str(), MNT_DETACH);
+}
+
 void Mount::Stop() {
   if (mountpoint_.empty()) return;
   if (IsMounted(mountpoint_)) testutil::Run({"fusermount3", "-u", mountpoint_});
   if (pid_ > 0 && WaitExit(10) == -1) {
     ::kill(pid_, SIGKILL);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
+    if (WaitExit(10) == -1) {
+      // A thread of the killed daemon is blocked in the kernel on this
+      // mount: abort the connection so that it can exit.
+      ADD_FAILURE() << "the killed daemon does not exit; aborting its connection";
+      ForceAbort();
+      int status = 0;
+      ::waitpid(pid_, &status, 0);
+      pid_ = -1;
+    }
   }
   if (IsMounted(mountpoint_)) testutil::Run({"fusermount3", "-uz", mountpoint_});
   if (IsMounted(mountpoint_)) testutil::Run({"umount", "-l", mountpoint_});
+  DismissWatchdog();
   mountpoint_.clear();
 }
 

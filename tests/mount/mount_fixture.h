@@ -62,11 +62,18 @@ class Mount {
 
   // Starts `chainfs -f ARGS... MOUNTPOINT` and waits (up to 20 s) until
   // MOUNTPOINT/.chainfs/version exists. Returns false (with a test failure
-  // and the daemon's output) if it does not come up.
+  // and the daemon's output) if it does not come up. Also starts this
+  // mount's watchdog (see StartWatchdog).
   bool Start(const std::vector<std::string>& args, const std::string& mountpoint);
   // Unmounts with fusermount3 -u, waits for the daemon, kills it if it
-  // lingers, and lazily unmounts as a last resort. Idempotent.
+  // lingers, and lazily unmounts as a last resort; then dismisses the
+  // watchdog. Idempotent.
   void Stop();
+  // Aborts this mount's FUSE connection the way `umount -f` does (the
+  // kernel's umount_begin aborts a FUSE connection; no fusectl needed), so
+  // that every request on it fails and a daemon thread blocked in the
+  // kernel on it returns; then detaches the mountpoint.
+  void ForceAbort();
   // Waits up to `seconds` for the daemon to exit; returns its wait status
   // or -1 if it is still running.
   int WaitExit(double seconds);
@@ -80,7 +87,18 @@ class Mount {
   std::string DaemonOutput() const;
 
  private:
+  // Forks the watchdog: a process in a session of its own that waits for
+  // Stop() to dismiss it. If the test outlives its bound
+  // (CHAINFS_TEST_WATCHDOG seconds, default 420, below CTest's 600) or dies
+  // without dismissing it (a CTest timeout kill), it aborts this mount's
+  // connection only (ForceAbort's way), SIGKILLs this daemon by PID and
+  // detaches the mountpoint: a hung mount test fails, it never hangs.
+  void StartWatchdog();
+  void DismissWatchdog();
+
   pid_t pid_ = -1;
+  pid_t watchdog_pid_ = -1;
+  int watchdog_fd_ = -1;  // our end of the socket pair; EOF alone means "rescue"
   int exit_status_ = -1;
   std::string mountpoint_;
   std::string output_path_;

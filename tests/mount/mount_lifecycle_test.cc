@@ -212,5 +212,76 @@ TEST_F(MountTest, BadArgumentsFailWithoutMounting) {
   EXPECT_FALSE(IsMounted(mnt_));
 }
 
+
+// ---------------------------------------------------- refusals at start
+
+// Runs `chainfs -f ARGS MOUNTPOINT`, bounded by timeout(1), and unmounts
+// should it have mounted after all (the refusals below must not mount).
+testutil::RunResult RunDaemonBounded(const std::vector<std::string>& args,
+                                     const std::string& mountpoint) {
+  std::vector<std::string> argv = {"timeout", "20", CHAINFS_BINARY, "-f"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  argv.push_back(mountpoint);
+  testutil::RunResult r = testutil::Run(argv);
+  if (IsMounted(mountpoint)) testutil::Run({"fusermount3", "-uz", mountpoint});
+  return r;
+}
+
+TEST_F(MountTest, MissingPoolDirExitsOneBeforeMounting) {
+  testutil::RunResult r = RunDaemonBounded({"--pool-dir", tmp_.Sub("nonexistent")}, mnt_);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("--pool-dir " + tmp_.Sub("nonexistent") + ": No such file or directory"),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(IsMounted(mnt_));
+}
+
+TEST_F(MountTest, MissingPoolFolderOfASpecExitsOneBeforeMounting) {
+  testutil::RunResult r =
+      RunDaemonBounded({"--pool", "p=" + pool_, "--pool", "q=" + tmp_.Sub("gone")}, mnt_);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("--pool q=" + tmp_.Sub("gone")), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("No such file or directory"), std::string::npos) << r.err;
+  EXPECT_FALSE(IsMounted(mnt_));
+}
+
+TEST_F(MountTest, UnreadablePoolDirExitsOneBeforeMounting) {
+  std::string dir = tmp_.Sub("defs");
+  ASSERT_EQ(::mkdir(dir.c_str(), 0755), 0);
+  std::string file = tmp_.Sub("not-a-dir");
+  WriteText(file, "x");
+  testutil::RunResult r = RunDaemonBounded({"--pool-dir", file}, mnt_);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("Not a directory"), std::string::npos) << r.err;
+  EXPECT_FALSE(IsMounted(mnt_));
+  // A readable folder with a malformed definition in it still mounts (the
+  // file is logged and skipped, as libvirt skips it).
+  WriteText(dir + "/bad.xml", "<pool type='dir'><name>x</name");
+  WriteText(dir + "/good.xml", DirPoolXml("good", pool_));
+  ASSERT_TRUE(mount_.Start({"--pool-dir", dir}, mnt_));
+  struct stat st {};
+  EXPECT_EQ(::stat(M("good").c_str(), &st), 0);
+  EXPECT_NE(Log().find("bad.xml"), std::string::npos) << Log();
+}
+
+TEST_F(MountTest, SecondMountOnTheSameMountpointIsRefused) {
+  MakeChain();
+  ASSERT_TRUE(MountPool());
+  testutil::RunResult r = testutil::Run(
+      {"timeout", "20", CHAINFS_BINARY, "-f", "--pool", "p=" + pool_, mnt_});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("already mounted"), std::string::npos) << r.err;
+  // The first mount is untouched and still serves.
+  EXPECT_EQ(ReadFile(M("p/top.qcow2/format")), "qcow2\n");
+  // Also when named by a relative path with "." and "//" in it.
+  std::string rel_dir = tmp_.path();
+  testutil::RunResult r2 = testutil::Run(
+      {"sh", "-c", "cd " + rel_dir + " && timeout 20 " + std::string(CHAINFS_BINARY) +
+                       " -f --pool p=" + pool_ + " ./mnt//"});
+  EXPECT_EQ(r2.exit_code, 1) << r2.err;
+  EXPECT_NE(r2.err.find("already mounted"), std::string::npos) << r2.err;
+  EXPECT_EQ(ReadFile(M("p/top.qcow2/format")), "qcow2\n");
+}
+
 }  // namespace
 }  // namespace chainfs::mounttest

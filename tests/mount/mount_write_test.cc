@@ -6,10 +6,10 @@
 // dependents and of a run of creates.
 #include <dirent.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <optional>
 #include <string>
@@ -626,27 +627,22 @@ TEST_F(MountWriteTest, ReadOnlyMountLogsEveryRefusal) {
 
 // ---------------------------------------------------------------- crashes
 
-// SIGKILLs the daemon of `mount` and aborts its FUSE connection (fusectl):
-// a daemon thread may be blocked in the kernel on a directory lock that a
-// request in flight holds (the watcher's inval_entry during a rename), and
-// then the dead daemon would never close /dev/fuse. Reaps the daemon.
-void KillDaemon(Mount& mount, dev_t mount_dev) {
-  ASSERT_EQ(::kill(mount.pid(), SIGKILL), 0);
-  std::string abort = "/sys/fs/fuse/connections/" + std::to_string(minor(mount_dev)) + "/abort";
-  for (int i = 0; i < 50 && mount.WaitExit(0.1) == -1; ++i) {
-    int fd = ::open(abort.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      (void)!::write(fd, "1", 1);
-      ::close(fd);
-    }
+// SIGKILLs the daemon of `mount` and expects it to exit by itself: no
+// thread of it may be left blocked in the kernel on this mount (an entry
+// invalidation waiting for a directory lock that a request in flight holds
+// would keep it alive for good, and the mount wedged). No fusectl: a fresh
+// machine does not mount it. Reaps the daemon.
+void KillDaemon(Mount& mount) {
+  pid_t pid = mount.pid();
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  if (mount.WaitExit(20) != -1) return;
+  std::string stacks;
+  for (const auto& task : std::filesystem::directory_iterator(fmt::format("/proc/{}/task", pid))) {
+    stacks += ReadFile(task.path().string() + "/stack", false);
   }
-  EXPECT_NE(mount.WaitExit(10), -1) << "the killed daemon did not go away";
-}
-
-dev_t DevOf(const std::string& path) {
-  struct stat st {};
-  EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
-  return st.st_dev;
+  ADD_FAILURE() << "the killed daemon did not exit (wedged); kernel stacks:\n" << stacks;
+  mount.ForceAbort();
+  EXPECT_NE(mount.WaitExit(10), -1) << "still there after aborting its connection";
 }
 
 // Returns a problem description for every image of `dir` that qemu-img check
@@ -679,7 +675,6 @@ TEST_F(MountWriteTest, KillDuringRenameWithManyDependentsLeavesEveryChainResolva
     ASSERT_TRUE(core::CreateQcow2(P("ovl" + std::to_string(i) + ".qcow2"), o).ok());
   }
   ASSERT_TRUE(MountBoth());
-  dev_t dev = DevOf(mnt_);
   std::atomic<int> rename_errno{-1};
   std::thread mover([&] {
     int rc = ::rename(M("p/base.raw").c_str(), M("p/moved.raw").c_str());
@@ -699,7 +694,7 @@ TEST_F(MountWriteTest, KillDuringRenameWithManyDependentsLeavesEveryChainResolva
   while (!header_names_moved(P("ovl0.qcow2")) && std::chrono::steady_clock::now() < deadline) {
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  KillDaemon(mount_, dev);
+  KillDaemon(mount_);
   mover.join();
   mount_.Stop();
   int rewritten = 0;
@@ -725,7 +720,6 @@ TEST_F(MountWriteTest, KillDuringRenameWithManyDependentsLeavesEveryChainResolva
 TEST_F(MountWriteTest, KillDuringCreatesLeavesNoPartialImage) {
   QemuImgCreate({"-f", "raw", P("base.raw"), "1M"});
   ASSERT_TRUE(MountBoth());
-  dev_t dev = DevOf(mnt_);
   std::atomic<bool> stop{false};
   std::atomic<int> made{0};
   std::thread creator([&] {
@@ -738,7 +732,7 @@ TEST_F(MountWriteTest, KillDuringCreatesLeavesNoPartialImage) {
   while (made < 20 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  KillDaemon(mount_, dev);
+  KillDaemon(mount_);
   stop = true;
   creator.join();
   mount_.Stop();
