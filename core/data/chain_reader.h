@@ -52,10 +52,12 @@ class ChainReader;
 // ChainReader must outlive it.
 class MapIterator {
  public:
-  // Produces the next extent, nullopt after the last. Errors as
-  // ChainReader::Map; after an error the iterator is finished.
+  // Produces the next extent, nullopt after the last. kCorrupt for a
+  // damaged table (a zero flag in a version 2 image among them), kIo for a
+  // failed read; after an error the iterator is finished.
   Result<std::optional<MapExtent>> Next();
-  // Returns the guest offset the next query starts at.
+  // Returns the guest offset the images were queried up to (past the extent
+  // being merged). To resume, start at an extent's start, not here.
   uint64_t position() const { return pos_; }
 
  private:
