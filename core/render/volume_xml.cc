@@ -42,13 +42,16 @@ std::string Timestamp(const struct timespec& ts) {
 
 // Adds <permissions> and <timestamps> from a stat, as libvirt's refresh
 // fills them (mode limited to the rwx bits, owner and group as numbers).
+// No <atime> (the schema makes it optional): every read of the image moves
+// it, chainfs's own included, so it would describe the last reader rather
+// than the volume, and a document kept by the mount and one printed by
+// chainctl would differ after any read.
 void AddStat(pugi::xml_node parent, const FileStat& st) {
   pugi::xml_node perms = parent.append_child("permissions");
   AddText(perms, "mode", fmt::format("0{:o}", st.mode & 0777));
   AddText(perms, "owner", fmt::format("{}", int32_t(st.uid)));
   AddText(perms, "group", fmt::format("{}", int32_t(st.gid)));
   pugi::xml_node times = parent.append_child("timestamps");
-  AddText(times, "atime", Timestamp(st.atime));
   AddText(times, "mtime", Timestamp(st.mtime));
   AddText(times, "ctime", Timestamp(st.ctime));
 }
