@@ -64,6 +64,22 @@ TEST_F(ChainctlTest, UsageErrorsExitTwoWithMessageOnStderr) {
   }
 }
 
+TEST_F(ChainctlTest, NamedPoolSourcesThatCannotBeReadExitTwo) {
+  RunResult r = Chainctl({"--pool-dir", P("nonexistent"), "pools"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--pool-dir " + P("nonexistent") + ": No such file or directory"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(r.out, "");
+  RunResult s = Chainctl({"--pool", "q=" + P("gone"), "pools"});
+  EXPECT_EQ(s.exit_code, 2);
+  EXPECT_NE(s.err.find("--pool q=" + P("gone")), std::string::npos) << s.err;
+  // The same sources, readable, list the pool.
+  RunResult ok = Chainctl({"--pool", "q=" + dir_.path(), "pools"});
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_NE(ok.out.find("q"), std::string::npos) << ok.out;
+}
+
 TEST_F(ChainctlTest, MissingImageIsAnErrorNotAProblemList) {
   RunResult r = Chainctl({"check", P("nope.qcow2")});
   EXPECT_EQ(r.exit_code, 2);

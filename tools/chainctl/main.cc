@@ -434,6 +434,13 @@ int Main(int argc, char** argv) {
   }
 
   Context ctx;
+  // What the user named must be readable: a typo must not silently drop a
+  // pool (and with it the volume names, trust and fixes it gives).
+  core::Status named = core::PoolCatalog::CheckExplicitSources(sources);
+  if (!named.ok()) {
+    std::fprintf(stderr, "chainctl: %s\n", named.message().c_str());
+    return 2;
+  }
   core::Result<core::PoolLoad> load = core::PoolCatalog::LoadPools(sources);
   if (!load.ok()) return UsageError(load.status().message());
   // A missing default pool folder is normal on a host without libvirt; say
