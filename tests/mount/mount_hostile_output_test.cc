@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/util/escape.h"
+#include "fs/event_log.h"
 #include "mount/mount_fixture.h"
 #include "util/hostile_images.h"
 
@@ -154,6 +155,23 @@ TEST_F(MountHostileOutputTest, EveryVolumeOfThePoolAndThePoolItselfStayValid) {
   }
   EXPECT_GT(events, 0);
   EXPECT_NE(log.find("c01-ba"), std::string::npos) << core::EscapeOneLine(log);
+}
+
+TEST(EventLogEscaping, EscapesControlCharactersInEveryValueInsteadOfDroppingThem) {
+  fs::EventLog log;
+  log.Add("op\x1b[2J", "/p/a\rb\n1970-01-01T00:00:00.000Z forged - ok", "E\x01",
+          "why\r\nnot \xff, \xc2\x9b"
+          "31m");
+  std::string text = log.Render();
+  EXPECT_EQ(testutil::CountLines(text), 1) << core::EscapeOneLine(text);
+  EXPECT_EQ(testutil::FindRawControl(text), "") << core::EscapeOneLine(text);
+  EXPECT_NE(text.find(" op\\x1b[2J /p/a\\rb\\n1970-01-01T00:00:00.000Z forged - ok E\\x01 "
+                      "why\\r\\nnot \\xff, \\xc2\\x9b31m\n"),
+            std::string::npos)
+      << core::EscapeOneLine(text);
+  // Reasons built from escaped tokens keep their single backslashes.
+  log.Add("open", "/p/v", "EIO", "image '" + core::ShortToken("a\nb") + "'");
+  EXPECT_NE(log.Render().find(" open /p/v EIO image 'a\\nb'\n"), std::string::npos);
 }
 
 }  // namespace
