@@ -101,18 +101,20 @@ Status Retarget(ImageInspector& inspector, const std::string& path, const std::s
   CHAINFS_RETURN_IF_ERROR(CheckRetargetable(inspector, path, new_backing, trust, image));
   std::string resolved;
   CHAINFS_RETURN_IF_ERROR(ResolveTarget(inspector, path, new_backing, resolved));
-  // A loop is refused before any question of format: probed, as QEMU opens
-  // a backing whose format is not given (Rewrite checks again with the
-  // format chosen).
-  if (!resolved.empty()) {
-    CHAINFS_RETURN_IF_ERROR(CheckNoLoop(inspector, LoopSubject{path, image->stat.id, std::nullopt},
-                                        new_backing, resolved, ""));
-  }
   std::optional<std::string> recorded;
   if (image->meta) recorded = image->meta->backing_format;
   Result<std::string> format =
       RetargetFormat(inspector, path, new_backing, resolved, recorded, trust);
-  if (!format.ok()) return format.status();
+  if (!format.ok()) {
+    // A loop is the more fundamental refusal: name it even when no format
+    // can be decided, with the target probed as QEMU opens a backing whose
+    // format is not given.
+    if (!resolved.empty()) {
+      CHAINFS_RETURN_IF_ERROR(CheckNoLoop(
+          inspector, LoopSubject{path, image->stat.id, std::nullopt}, new_backing, resolved, ""));
+    }
+    return format.status();
+  }
   return Rewrite(inspector, path, *image, new_backing, resolved, *format);
 }
 
