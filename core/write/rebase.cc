@@ -86,11 +86,10 @@ Status OpenNewChain(ImageInspector& inspector, const std::string& image_path,
     chain.problems.clear();
     chain.complete = true;
   }
-  // The loop check every write shares. A safe rebase reports a loop as
-  // kInvalidArgument (EINVAL), as chainfs(1) documents for VOL/rebase.
+  // The loop check every write shares (ELOOP, as for a retarget).
   Status loop = CheckNoLoop(inspector, LoopSubject{image_path, image_id, std::nullopt}, new_backing,
                             resolved, format);
-  if (!loop.ok()) return Status(Code::kInvalidArgument, loop.message());
+  if (!loop.ok()) return loop;
   Result<std::unique_ptr<ChainReader>> opened = ChainReader::Open(chain);
   if (!opened.ok()) {
     return Status(
