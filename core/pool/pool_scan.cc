@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "core/util/escape.h"
+
 namespace chainfs::core {
 namespace {
 
@@ -94,11 +96,7 @@ PoolScan ScanPool(const PoolDef& pool) {
     std::string path = prefix + std::string(name);
     if (!IsAcceptableVolumeName(name)) {
       // Keep control characters out of the log line too.
-      std::string shown;
-      for (char c : path) {
-        unsigned char u = static_cast<unsigned char>(c);
-        shown += (u < 0x20 || u == 0x7f) ? fmt::format("\\x{:02x}", u) : std::string(1, c);
-      }
+      std::string shown = EscapeOneLine(path);
       const char* reason = name.substr(0, kReservedPrefix.size()) == kReservedPrefix
                                ? "reserved for chainfs"
                                : "name contains control characters";

@@ -226,7 +226,7 @@ TEST_F(ScanPoolTest, KeepsFilesAndGoodLinksAndSkipsEverythingElseWithReasons) {
   EXPECT_TRUE(Contains(scan.skipped, dir_.Sub("fifo") + ": a FIFO"));
   EXPECT_TRUE(Contains(scan.skipped, dir_.Sub("sock") + ": a socket"));
   EXPECT_TRUE(Contains(scan.skipped, dir_.Sub("subdir") + ": a directory"));
-  EXPECT_TRUE(Contains(scan.skipped, dir_.Sub("bad\\x0aname") + ": name contains control"));
+  EXPECT_TRUE(Contains(scan.skipped, dir_.Sub("bad\\nname") + ": name contains control"));
   EXPECT_TRUE(Contains(scan.skipped, dir_.Sub(".chainfs-tmp-1") + ": reserved for chainfs"));
   EXPECT_EQ(scan.skipped.size(), 7u);
   for (const std::string& line : scan.skipped) EXPECT_EQ(line.find('\n'), std::string::npos);

@@ -86,7 +86,7 @@ bool ResolveTop(Context& ctx, const std::string& image, Chain* out) {
   std::string path = Absolute(image);
   core::Result<core::FileStat> st = core::StatPath(path);
   if (!st.ok()) {
-    std::fprintf(stderr, "chainctl: %s\n", st.status().message().c_str());
+    std::fprintf(stderr, "chainctl: %s\n", core::OneLine(st.status().message()).c_str());
     return false;
   }
   core::ResolveOptions opts;
