@@ -1,6 +1,7 @@
 // `info.json`: qemu-img info --backing-chain --output=json.
 #include <string>
 
+#include "core/format/driver.h"
 #include "core/render/render.h"
 #include "core/render/render_util.h"
 
@@ -21,7 +22,11 @@ Json InfoJson(const Chain& chain) {
     obj.Set("filename", element.path);
     if (meta.cluster_size) obj.Set("cluster-size", *meta.cluster_size);
     obj.Set("format", render_internal::ElementFormat(element));
-    if (element.stat) obj.Set("actual-size", element.stat->allocation);
+    // qemu-img adds the allocation of a vmdk's extent files to the
+    // descriptor's own (VOL/allocation and volume.xml stay st_blocks * 512).
+    if (element.stat) {
+      obj.Set("actual-size", QemuActualSize(element.stat->allocation, element.meta.get()));
+    }
     if (!meta.format_specific.is_null()) obj.Set("format-specific", meta.format_specific);
     if (meta.backing) {
       obj.Set("full-backing-filename", render_internal::FullBackingFilename(chain, i));

@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "core/format/driver.h"
 #include "core/render/render.h"
 #include "core/render/render_util.h"
 #include "core/util/escape.h"
@@ -81,7 +82,8 @@ void RenderElement(std::string& out, const Chain& chain, size_t i) {
   out += fmt::format("virtual size: {} ({} bytes)\n", FormatSize(meta.virtual_size),
                      meta.virtual_size);
   out += fmt::format("disk size: {}\n",
-                     element.stat ? FormatSize(element.stat->allocation) : "unavailable");
+                     element.stat ? FormatSize(QemuActualSize(element.stat->allocation, &meta))
+                                  : "unavailable");
   if (meta.encrypted) out += "encrypted: yes\n";
   if (meta.cluster_size) out += fmt::format("cluster_size: {}\n", *meta.cluster_size);
   if (meta.dirty) out += "cleanly shut down: no\n";

@@ -1,5 +1,7 @@
 // `chainctl info --json` against `qemu-img info --backing-chain --output=json`
 // for chains made by qemu-img (issue 2's compatibility target, DESIGN §4).
+#include <sys/stat.h>
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -175,6 +177,38 @@ TEST_F(InfoJsonInterop, OtherFormatsFromQemuImgCreate) {
     std::string img = P(std::string("img.") + fmt);
     QemuImg({"create", "-q", "-f", fmt, img, "10M"});
     ExpectAgreesWithQemuImg(img);
+  }
+}
+
+// qemu-img's actual-size of a vmdk adds its extent files' allocation to the
+// descriptor's own (a monolithicFlat descriptor of 4 KiB over a flat extent).
+TEST_F(InfoJsonInterop, VmdkActualSizeCountsTheExtentFiles) {
+  for (const char* subformat : {"monolithicFlat", "twoGbMaxExtentSparse"}) {
+    SCOPED_TRACE(subformat);
+    std::string image = P(std::string(subformat) + ".vmdk");
+    QemuImg({"create", "-q", "-f", "vmdk", "-o", std::string("subformat=") + subformat, image, "8M"});
+    RunResult q = testutil::Run({"qemu-img", "info", "--output=json", image});
+    ASSERT_EQ(q.exit_code, 0) << q.err;
+    RunResult c = testutil::Run({CHAINCTL_BINARY, "info", "--json", image});
+    ASSERT_EQ(c.exit_code, 0) << c.err;
+    Json theirs = ParseOrDie(q.out);
+    Json ours = ParseOrDie(c.out);
+    ASSERT_TRUE(ours.is_array() && !ours.as_array().empty()) << c.out;
+    const Json* t = theirs.Find("actual-size");
+    const Json* o = ours.as_array()[0].Find("actual-size");
+    ASSERT_TRUE(t && o) << c.out;
+    EXPECT_EQ(*o, *t) << "ours " << o->Dump() << " qemu-img " << t->Dump();
+    struct stat st {};
+    ASSERT_EQ(::stat(image.c_str(), &st), 0);
+    EXPECT_GT(t->as_uint(), uint64_t(st.st_blocks) * 512) << "the extents count too";
+    // The text form says the same size.
+    RunResult text = testutil::Run({CHAINCTL_BINARY, "info", image});
+    RunResult qtext = testutil::Run({"qemu-img", "info", image});
+    auto disk_size = [](const std::string& out) {
+      size_t at = out.find("disk size: ");
+      return at == std::string::npos ? std::string() : out.substr(at, out.find('\n', at) - at);
+    };
+    EXPECT_EQ(disk_size(text.out), disk_size(qtext.out)) << text.out;
   }
 }
 
