@@ -15,49 +15,23 @@
 #include "core/render/render.h"
 #include "core/util/escape.h"
 #include "util/hostile_images.h"
+#include "util/output_check.h"
 #include "util/run.h"
 
 namespace chainfs::core {
 namespace {
 
 using testutil::HostileCase;
+using testutil::StrictJsonComplaint;
+using testutil::WrapDisk;
+using testutil::XmlComplaint;
 using testutil::RunResult;
-using testutil::RunWithInput;
 using testutil::ScopedTempDir;
-
-constexpr const char* kSchemas = "/usr/share/libvirt/schemas/";
 
 RunResult Chainctl(const std::vector<std::string>& args) {
   std::vector<std::string> argv = {CHAINCTL_BINARY};
   argv.insert(argv.end(), args.begin(), args.end());
   return testutil::Run(argv);
-}
-
-// Returns "" if `json` parses with jq and with Python's json module.
-std::string StrictJsonComplaint(const std::string& json) {
-  RunResult jq = RunWithInput({"jq", "."}, json);
-  if (jq.exit_code != 0) return "jq: " + jq.err;
-  RunResult py = RunWithInput(
-      {"python3", "-c", "import json,sys; json.loads(sys.stdin.buffer.read().decode('utf-8'))"},
-      json);
-  if (py.exit_code != 0) return "python3: " + py.err;
-  return "";
-}
-
-// Returns "" if `xml` is well-formed and valid against `schema`.
-std::string XmlComplaint(const std::string& xml, const std::string& schema) {
-  RunResult wf = RunWithInput({"xmllint", "--noout", "-"}, xml);
-  if (wf.exit_code != 0) return "not well-formed: " + wf.err;
-  RunResult v =
-      RunWithInput({"xmllint", "--noout", "--relaxng", std::string(kSchemas) + schema, "-"}, xml);
-  if (v.exit_code != 0) return schema + ": " + v.err;
-  return "";
-}
-
-std::string WrapDisk(const std::string& disk) {
-  return "<domain type='kvm'><name>x</name><memory>131072</memory><os><type>hvm</type></os>"
-         "<devices>" +
-         disk + "</devices></domain>";
 }
 
 // Returns the text after `"key": ` up to the end of its line in qemu-img's
