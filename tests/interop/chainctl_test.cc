@@ -11,14 +11,10 @@
 namespace chainfs {
 namespace {
 
+using testutil::RunChainctl;
 using testutil::RunResult;
 using testutil::ScopedTempDir;
 
-RunResult Chainctl(const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {CHAINCTL_BINARY};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return testutil::Run(argv);
-}
 
 void QemuImg(const std::vector<std::string>& args) {
   std::vector<std::string> argv = {"qemu-img"};
@@ -44,10 +40,10 @@ class ChainctlTest : public ::testing::Test {
 };
 
 TEST_F(ChainctlTest, HelpAndVersionExitZero) {
-  RunResult h = Chainctl({"--help"});
+  RunResult h = RunChainctl({"--help"});
   EXPECT_EQ(h.exit_code, 0);
   EXPECT_NE(h.out.find("Usage: chainctl"), std::string::npos);
-  RunResult v = Chainctl({"--version"});
+  RunResult v = RunChainctl({"--version"});
   EXPECT_EQ(v.exit_code, 0);
   EXPECT_EQ(v.out, std::string("chainctl ") + CHAINFS_VERSION + "\n");
 }
@@ -57,7 +53,7 @@ TEST_F(ChainctlTest, UsageErrorsExitTwoWithMessageOnStderr) {
        std::vector<std::vector<std::string>>{{}, {"frobnicate"}, {"info"}, {"info", "--bogus", "x"},
                                              {"xml", "nope", "x"}, {"check", "a", "b"},
                                              {"--pool"}, {"create", "x"}}) {
-    RunResult r = Chainctl(args);
+    RunResult r = RunChainctl(args);
     EXPECT_EQ(r.exit_code, 2) << testing::PrintToString(args);
     EXPECT_TRUE(r.out.empty());
     EXPECT_NE(r.err.find("chainctl: "), std::string::npos);
@@ -65,31 +61,31 @@ TEST_F(ChainctlTest, UsageErrorsExitTwoWithMessageOnStderr) {
 }
 
 TEST_F(ChainctlTest, NamedPoolSourcesThatCannotBeReadExitTwo) {
-  RunResult r = Chainctl({"--pool-dir", P("nonexistent"), "pools"});
+  RunResult r = RunChainctl({"--pool-dir", P("nonexistent"), "pools"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("--pool-dir " + P("nonexistent") + ": No such file or directory"),
             std::string::npos)
       << r.err;
   EXPECT_EQ(r.out, "");
-  RunResult s = Chainctl({"--pool", "q=" + P("gone"), "pools"});
+  RunResult s = RunChainctl({"--pool", "q=" + P("gone"), "pools"});
   EXPECT_EQ(s.exit_code, 2);
   EXPECT_NE(s.err.find("--pool q=" + P("gone")), std::string::npos) << s.err;
   // The same sources, readable, list the pool.
-  RunResult ok = Chainctl({"--pool", "q=" + dir_.path(), "pools"});
+  RunResult ok = RunChainctl({"--pool", "q=" + dir_.path(), "pools"});
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
   EXPECT_NE(ok.out.find("q"), std::string::npos) << ok.out;
 }
 
 TEST_F(ChainctlTest, MissingImageIsAnErrorNotAProblemList) {
-  RunResult r = Chainctl({"check", P("nope.qcow2")});
+  RunResult r = RunChainctl({"check", P("nope.qcow2")});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("nope.qcow2"), std::string::npos);
-  EXPECT_EQ(Chainctl({"info", P("nope.qcow2")}).exit_code, 2);
+  EXPECT_EQ(RunChainctl({"info", P("nope.qcow2")}).exit_code, 2);
 }
 
 TEST_F(ChainctlTest, ChainListsEveryElement) {
   MakeChain();
-  RunResult r = Chainctl({"chain", P("top.qcow2")});
+  RunResult r = RunChainctl({"chain", P("top.qcow2")});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "0 qcow2 " + P("top.qcow2") + "\n1 qcow2 " + P("mid.qcow2") + "\n2 raw " +
                        P("base.raw") + "\n");
@@ -105,7 +101,7 @@ TEST_F(ChainctlTest, RelativeImagePathIsTakenAgainstWorkingDirectory) {
 
 TEST_F(ChainctlTest, CheckHealthyExitsZeroAndPrintsNothing) {
   MakeChain();
-  RunResult r = Chainctl({"check", P("top.qcow2")});
+  RunResult r = RunChainctl({"check", P("top.qcow2")});
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
   EXPECT_EQ(r.out, "");
 }
@@ -113,7 +109,7 @@ TEST_F(ChainctlTest, CheckHealthyExitsZeroAndPrintsNothing) {
 TEST_F(ChainctlTest, CheckMissingBackingFormatExitsOneNamingBothFixes) {
   MakeChain();
   ASSERT_TRUE(testutil::StripBackingFormat(P("top.qcow2")).ok());
-  RunResult r = Chainctl({"--pool", "images=" + dir_.path(), "check", P("top.qcow2")});
+  RunResult r = RunChainctl({"--pool", "images=" + dir_.path(), "check", P("top.qcow2")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.out, "1: format of backing image 'mid.qcow2' of image '" + P("top.qcow2") +
                        "' was not specified in the image metadata -- fix: echo qcow2 > "
@@ -121,39 +117,39 @@ TEST_F(ChainctlTest, CheckMissingBackingFormatExitsOneNamingBothFixes) {
                        "-b mid.qcow2 " + P("top.qcow2") + "\n");
   // The fix works: after it, the chain is healthy.
   QemuImg({"rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b", "mid.qcow2", P("top.qcow2")});
-  EXPECT_EQ(Chainctl({"check", P("top.qcow2")}).exit_code, 0);
+  EXPECT_EQ(RunChainctl({"check", P("top.qcow2")}).exit_code, 0);
 }
 
 TEST_F(ChainctlTest, CheckMissingFormatOverStandaloneBackingIsHealthy) {
   QemuImg({"create", "-q", "-f", "qcow2", P("base.qcow2"), "1M"});
   QemuImg({"create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", P("top.qcow2")});
   ASSERT_TRUE(testutil::StripBackingFormat(P("top.qcow2")).ok());
-  RunResult r = Chainctl({"check", P("top.qcow2")});
+  RunResult r = RunChainctl({"check", P("top.qcow2")});
   EXPECT_EQ(r.exit_code, 0) << r.out;
-  RunResult c = Chainctl({"chain", P("top.qcow2")});
+  RunResult c = RunChainctl({"chain", P("top.qcow2")});
   EXPECT_NE(c.out.find("1 qcow2 " + P("base.qcow2")), std::string::npos) << c.out;
 }
 
 TEST_F(ChainctlTest, InfoTextEndsWithProblemsWhenBroken) {
   QemuImg({"create", "-q", "-f", "qcow2", "-u", "-b", "gone.raw", "-F", "raw", P("top.qcow2"), "1M"});
-  RunResult r = Chainctl({"info", P("top.qcow2")});
+  RunResult r = RunChainctl({"info", P("top.qcow2")});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.out.find("image: " + P("top.qcow2")), std::string::npos);
   EXPECT_NE(r.out.find("\nProblems:\n1: Cannot access backing file '" + P("gone.raw") + "'"),
             std::string::npos)
       << r.out;
-  EXPECT_EQ(Chainctl({"check", P("top.qcow2")}).exit_code, 1);
+  EXPECT_EQ(RunChainctl({"check", P("top.qcow2")}).exit_code, 1);
 }
 
 TEST_F(ChainctlTest, XmlVolumeAndDiskValidateAgainstLibvirtSchemas) {
   MakeChain();
-  RunResult v = Chainctl({"xml", "volume", P("top.qcow2")});
+  RunResult v = RunChainctl({"xml", "volume", P("top.qcow2")});
   ASSERT_EQ(v.exit_code, 0) << v.err;
   std::ofstream(P("vol.xml")) << v.out;
   RunResult vv = testutil::Run({"xmllint", "--noout", "--relaxng",
                                 "/usr/share/libvirt/schemas/storagevol.rng", P("vol.xml")});
   EXPECT_EQ(vv.exit_code, 0) << vv.err << v.out;
-  RunResult d = Chainctl({"xml", "disk", P("top.qcow2")});
+  RunResult d = RunChainctl({"xml", "disk", P("top.qcow2")});
   ASSERT_EQ(d.exit_code, 0) << d.err;
   std::ofstream(P("dom.xml")) << "<domain type='kvm'><name>t</name><memory>131072</memory><os><type>"
                                  "hvm</type></os><devices>"
@@ -174,7 +170,7 @@ TEST_F(ChainctlTest, PoolsListsDefinitionsWithVolumeCounts) {
   std::ofstream(defs + "/rbd.xml") << "<pool type='rbd'><name>ceph</name><source><name>rbd</name>"
                                       "</source></pool>\n";
   std::ofstream(defs + "/broken.xml") << "<pool type='dir'><name>x</name";
-  RunResult r = Chainctl({"pools", "--pool-dir", defs});
+  RunResult r = RunChainctl({"pools", "--pool-dir", defs});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("images\t" + dir_.path() + "\t3\n"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("ceph\t-\t-\tnot browsable (type rbd)\n"), std::string::npos) << r.out;
@@ -185,9 +181,9 @@ TEST_F(ChainctlTest, CreateMakesCheckedOverlayWithRecordedFormat) {
   MakeChain();
   // top.qcow2 has a backing of its own: its probed format is trusted only
   // because its whole chain is declared and lies in a known pool.
-  RunResult untrusted = Chainctl({"create", "-b", "top.qcow2", P("new.qcow2")});
+  RunResult untrusted = RunChainctl({"create", "-b", "top.qcow2", P("new.qcow2")});
   EXPECT_EQ(untrusted.exit_code, 1);
-  RunResult r = Chainctl({"--pool", "p=" + dir_.path(), "create", "-b", "top.qcow2", P("new.qcow2")});
+  RunResult r = RunChainctl({"--pool", "p=" + dir_.path(), "create", "-b", "top.qcow2", P("new.qcow2")});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   RunResult check = testutil::Run({"qemu-img", "check", P("new.qcow2")});
   EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
@@ -202,7 +198,7 @@ TEST_F(ChainctlTest, CreateMakesCheckedOverlayWithRecordedFormat) {
 TEST_F(ChainctlTest, CreateRefusesExistingNameAndChangesNothing) {
   MakeChain();
   std::string before = Slurp(P("mid.qcow2"));
-  RunResult r = Chainctl({"create", "-b", "base.raw", P("mid.qcow2")});
+  RunResult r = RunChainctl({"create", "-b", "base.raw", P("mid.qcow2")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("exists"), std::string::npos) << r.err;
   EXPECT_EQ(Slurp(P("mid.qcow2")), before);
@@ -211,13 +207,13 @@ TEST_F(ChainctlTest, CreateRefusesExistingNameAndChangesNothing) {
 TEST_F(ChainctlTest, CreateRefusesUntrustedBackingWithoutFormat) {
   // A raw volume whose content is a qcow2 header pointing outside the pools.
   QemuImg({"create", "-q", "-f", "qcow2", "-u", "-b", "/etc/passwd", "-F", "raw", P("evil"), "1M"});
-  RunResult r = Chainctl({"--pool", "p=" + dir_.path(), "create", "-b", "evil", P("new.qcow2")});
+  RunResult r = RunChainctl({"--pool", "p=" + dir_.path(), "create", "-b", "evil", P("new.qcow2")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("-F"), std::string::npos) << r.err;
   struct stat st;
   EXPECT_NE(::stat(P("new.qcow2").c_str(), &st), 0);
   // Declared explicitly, it is the admin's call.
-  RunResult ok = Chainctl({"create", "-b", "evil", "-F", "raw", P("new.qcow2")});
+  RunResult ok = RunChainctl({"create", "-b", "evil", "-F", "raw", P("new.qcow2")});
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
 }
 
@@ -227,7 +223,7 @@ TEST_F(ChainctlTest, RebaseUnsafeRetargetsOntoIdenticalCopy) {
            "-B", "base.raw", P("mid.qcow2"), P("mid-copy.qcow2")});
   RunResult before = testutil::Run({"qemu-img", "convert", "-O", "raw", P("top.qcow2"), P("before.raw")});
   ASSERT_EQ(before.exit_code, 0) << before.err;
-  RunResult r = Chainctl({"rebase", "-u", "-b", "mid-copy.qcow2", P("top.qcow2")});
+  RunResult r = RunChainctl({"rebase", "-u", "-b", "mid-copy.qcow2", P("top.qcow2")});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   RunResult info = testutil::Run({"qemu-img", "info", "--output=json", P("top.qcow2")});
   EXPECT_NE(info.out.find("\"backing-filename\": \"mid-copy.qcow2\""), std::string::npos);
@@ -240,7 +236,7 @@ TEST_F(ChainctlTest, RebaseUnsafeRetargetsOntoIdenticalCopy) {
 TEST_F(ChainctlTest, RebaseUnsafeRefusesMissingTarget) {
   MakeChain();
   std::string before = Slurp(P("top.qcow2"));
-  RunResult r = Chainctl({"rebase", "-u", "-b", "nothere.qcow2", P("top.qcow2")});
+  RunResult r = RunChainctl({"rebase", "-u", "-b", "nothere.qcow2", P("top.qcow2")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("nothere.qcow2"), std::string::npos) << r.err;
   EXPECT_EQ(Slurp(P("top.qcow2")), before);
@@ -254,12 +250,12 @@ TEST_F(ChainctlTest, MapJsonMatchesQemuImgMapAndCatMatchesConvert) {
                            "write -z 3M 64k", P("mid.qcow2")}).exit_code, 0);
   QemuImg({"create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", P("top.qcow2"), "6M"});
   ASSERT_EQ(testutil::Run({"qemu-io", "-f", "qcow2", "-c", "write -P 0x33 1M 64k", P("top.qcow2")}).exit_code, 0);
-  RunResult ours = Chainctl({"map", "--json", P("top.qcow2")});
+  RunResult ours = RunChainctl({"map", "--json", P("top.qcow2")});
   ASSERT_EQ(ours.exit_code, 0) << ours.err;
   RunResult theirs = testutil::Run({"qemu-img", "map", "--output=json", P("top.qcow2")});
   ASSERT_EQ(theirs.exit_code, 0);
   EXPECT_EQ(ours.out, theirs.out);
-  RunResult human = Chainctl({"map", P("top.qcow2")});
+  RunResult human = RunChainctl({"map", P("top.qcow2")});
   EXPECT_EQ(human.exit_code, 0);
   EXPECT_NE(human.out.find("Offset          Length          Mapped to       File"), std::string::npos);
   // cat writes exactly the guest-visible bytes qemu-img convert produces.
@@ -281,7 +277,7 @@ TEST_F(ChainctlTest, SafeRebaseOntoOtherBaseAndFlattenKeepGuestContent) {
   ASSERT_EQ(testutil::Run({"qemu-io", "-f", "qcow2", "-c", "write -P 0x22 512k 64k", P("top.qcow2")}).exit_code, 0);
   QemuImg({"convert", "-O", "raw", P("top.qcow2"), P("before.raw")});
 
-  RunResult r = Chainctl({"rebase", "-b", "other.raw", "-F", "raw", P("top.qcow2")});
+  RunResult r = RunChainctl({"rebase", "-b", "other.raw", "-F", "raw", P("top.qcow2")});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.err, "");  // no progress bar when stderr is not a terminal
   RunResult info = testutil::Run({"qemu-img", "info", "--output=json", P("top.qcow2")});
@@ -290,7 +286,7 @@ TEST_F(ChainctlTest, SafeRebaseOntoOtherBaseAndFlattenKeepGuestContent) {
   RunResult cmp = testutil::Run({"qemu-img", "compare", P("top.qcow2"), P("before.raw")});
   EXPECT_EQ(cmp.exit_code, 0) << cmp.out;
 
-  RunResult f = Chainctl({"rebase", "-b", "", P("top.qcow2")});
+  RunResult f = RunChainctl({"rebase", "-b", "", P("top.qcow2")});
   ASSERT_EQ(f.exit_code, 0) << f.err;
   RunResult info2 = testutil::Run({"qemu-img", "info", "--output=json", P("top.qcow2")});
   EXPECT_EQ(info2.out.find("backing-filename"), std::string::npos) << info2.out;
@@ -302,7 +298,7 @@ TEST_F(ChainctlTest, SafeRebaseOntoOtherBaseAndFlattenKeepGuestContent) {
 TEST_F(ChainctlTest, SafeRebaseRefusesMissingTargetAndChangesNothing) {
   MakeChain();
   std::string before = Slurp(P("top.qcow2"));
-  RunResult r = Chainctl({"rebase", "-b", "nothere.raw", P("top.qcow2")});
+  RunResult r = RunChainctl({"rebase", "-b", "nothere.raw", P("top.qcow2")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("nothere.raw"), std::string::npos) << r.err;
   EXPECT_EQ(Slurp(P("top.qcow2")), before);
@@ -310,7 +306,7 @@ TEST_F(ChainctlTest, SafeRebaseRefusesMissingTargetAndChangesNothing) {
 
 TEST_F(ChainctlTest, MapAndCatRefuseABrokenChain) {
   QemuImg({"create", "-q", "-f", "qcow2", "-u", "-b", "gone.raw", "-F", "raw", P("top.qcow2"), "1M"});
-  RunResult m = Chainctl({"map", P("top.qcow2")});
+  RunResult m = RunChainctl({"map", P("top.qcow2")});
   EXPECT_EQ(m.exit_code, 2);
   EXPECT_NE(m.err.find("gone.raw"), std::string::npos) << m.err;
   RunResult c = testutil::Run({"sh", "-c", std::string(CHAINCTL_BINARY) + " cat " + P("top.qcow2") +

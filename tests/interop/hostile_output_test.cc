@@ -25,14 +25,10 @@ using testutil::HostileCase;
 using testutil::StrictJsonComplaint;
 using testutil::WrapDisk;
 using testutil::XmlComplaint;
+using testutil::RunChainctl;
 using testutil::RunResult;
 using testutil::ScopedTempDir;
 
-RunResult Chainctl(const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {CHAINCTL_BINARY};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return testutil::Run(argv);
-}
 
 // Returns the text after `"key": ` up to the end of its line in qemu-img's
 // or chainfs's indented JSON (the escaped value, with a trailing comma if any).
@@ -57,7 +53,7 @@ TEST_F(HostileOutputTest, MakesAtLeastFifteenDistinctCases) { EXPECT_GE(cases_.s
 TEST_F(HostileOutputTest, InfoJsonParsesStrictlyAndEscapesAsQemuImg) {
   for (const HostileCase& c : cases_) {
     SCOPED_TRACE(c.label);
-    RunResult r = Chainctl({"info", "--json", P(c.top)});
+    RunResult r = RunChainctl({"info", "--json", P(c.top)});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(testutil::FindRawControl(r.out), "") << r.out;
     EXPECT_EQ(StrictJsonComplaint(r.out), "") << r.out;
@@ -78,11 +74,11 @@ TEST_F(HostileOutputTest, InfoJsonParsesStrictlyAndEscapesAsQemuImg) {
 TEST_F(HostileOutputTest, VolumeAndDiskXmlAreValidXml10ForLibvirtsSchemas) {
   for (const HostileCase& c : cases_) {
     SCOPED_TRACE(c.label);
-    RunResult vol = Chainctl({"xml", "volume", P(c.top)});
+    RunResult vol = RunChainctl({"xml", "volume", P(c.top)});
     ASSERT_EQ(vol.exit_code, 0) << vol.err;
     EXPECT_EQ(vol.out.find("&#"), std::string::npos) << vol.out;
     EXPECT_EQ(XmlComplaint(vol.out, "storagevol.rng"), "") << vol.out;
-    RunResult disk = Chainctl({"xml", "disk", P(c.top)});
+    RunResult disk = RunChainctl({"xml", "disk", P(c.top)});
     ASSERT_EQ(disk.exit_code, 0) << disk.err;
     ASSERT_FALSE(disk.out.empty());
     EXPECT_EQ(disk.out.find("&#"), std::string::npos) << disk.out;
@@ -93,7 +89,7 @@ TEST_F(HostileOutputTest, VolumeAndDiskXmlAreValidXml10ForLibvirtsSchemas) {
 TEST_F(HostileOutputTest, CheckAndChainPrintExactlyOneLinePerProblemAndElement) {
   for (const HostileCase& c : cases_) {
     SCOPED_TRACE(c.label);
-    RunResult check = Chainctl({"check", P(c.top)});
+    RunResult check = RunChainctl({"check", P(c.top)});
     EXPECT_EQ(check.exit_code, c.problems > 0 ? 1 : 0) << check.out << check.err;
     EXPECT_EQ(testutil::CountLines(check.out), c.problems) << EscapeOneLine(check.out);
     EXPECT_EQ(testutil::FindRawControl(check.out), "") << EscapeOneLine(check.out);
@@ -106,14 +102,14 @@ TEST_F(HostileOutputTest, CheckAndChainPrintExactlyOneLinePerProblemAndElement) 
       EXPECT_LT(line.size(), 2000u) << EscapeOneLine(line);
       start = end + 1;
     }
-    RunResult chain = Chainctl({"chain", P(c.top)});
+    RunResult chain = RunChainctl({"chain", P(c.top)});
     EXPECT_EQ(chain.exit_code, 0) << chain.err;
     EXPECT_EQ(testutil::CountLines(chain.out), c.elements) << EscapeOneLine(chain.out);
     EXPECT_EQ(testutil::FindRawControl(chain.out), "") << EscapeOneLine(chain.out);
     for (int i = 0; i < c.elements; ++i) {
       EXPECT_NE(chain.out.find(std::to_string(i) + " "), std::string::npos);
     }
-    RunResult info = Chainctl({"info", P(c.top)});
+    RunResult info = RunChainctl({"info", P(c.top)});
     EXPECT_EQ(info.exit_code, 0) << info.err;
     EXPECT_EQ(testutil::FindRawControl(info.out), "") << EscapeOneLine(info.out);
   }

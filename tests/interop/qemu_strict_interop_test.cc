@@ -17,14 +17,10 @@ namespace chainfs {
 namespace {
 
 using core::Json;
+using testutil::RunChainctl;
 using testutil::RunResult;
 using testutil::ScopedTempDir;
 
-RunResult Chainctl(const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {CHAINCTL_BINARY};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return testutil::Run(argv);
-}
 
 RunResult QemuImg(const std::vector<std::string>& args) {
   std::vector<std::string> argv = {"qemu-img"};
@@ -106,12 +102,12 @@ class QemuStrictInteropTest : public ::testing::Test {
   void ExpectDataAsQemu(const std::string& name) {
     RunResult qj = QemuImg({"map", "--output=json", P(name)});
     ASSERT_EQ(qj.exit_code, 0) << qj.err;
-    RunResult cj = Chainctl({"map", "--json", P(name)});
+    RunResult cj = RunChainctl({"map", "--json", P(name)});
     ASSERT_EQ(cj.exit_code, 0) << cj.err;
     EXPECT_EQ(cj.out, qj.out) << name;
     RunResult qh = QemuImg({"map", P(name)});
     ASSERT_EQ(qh.exit_code, 0) << qh.err;
-    RunResult ch = Chainctl({"map", P(name)});
+    RunResult ch = RunChainctl({"map", P(name)});
     ASSERT_EQ(ch.exit_code, 0) << ch.err;
     EXPECT_EQ(ch.out, qh.out) << name;
     MustQemuImg({"convert", "-O", "raw", P(name), P(name + ".converted")});
@@ -129,7 +125,7 @@ class QemuStrictInteropTest : public ::testing::Test {
     RunResult qj = QemuImg({"info", "--output=json", P(name)});
     EXPECT_EQ(qj.exit_code, 0) << qj.err;
     const uint64_t expected = Num(ParseJson(qj.out), "virtual-size");
-    RunResult cj = Chainctl({"info", "--json", P(name)});
+    RunResult cj = RunChainctl({"info", "--json", P(name)});
     EXPECT_EQ(cj.exit_code, 0) << cj.err;
     Json ours = ParseJson(cj.out);
     EXPECT_TRUE(ours.is_array() && !ours.as_array().empty());
@@ -137,11 +133,11 @@ class QemuStrictInteropTest : public ::testing::Test {
       EXPECT_EQ(Num(ours.as_array()[0], "virtual-size"), expected) << name;
     }
     RunResult qt = QemuImg({"info", P(name)});
-    RunResult ct = Chainctl({"info", P(name)});
+    RunResult ct = RunChainctl({"info", P(name)});
     EXPECT_EQ(LineStartingWith(ct.out, "virtual size:"), LineStartingWith(qt.out, "virtual size:"))
         << name;
     EXPECT_NE(LineStartingWith(ct.out, "virtual size:"), "");
-    RunResult xml = Chainctl({"xml", "volume", P(name)});
+    RunResult xml = RunChainctl({"xml", "volume", P(name)});
     EXPECT_EQ(xml.exit_code, 0) << xml.err;
     EXPECT_NE(xml.out.find(fmt::format("<capacity unit='bytes'>{}</capacity>", expected)),
               std::string::npos)
@@ -163,14 +159,14 @@ TEST_F(QemuStrictInteropTest, UnknownQcow2VersionIsAQcow2ImageQemuCannotOpen) {
     EXPECT_NE(q.exit_code, 0);
     EXPECT_NE(q.err.find(reason), std::string::npos) << q.err;
 
-    RunResult check = Chainctl({"check", P(name)});
+    RunResult check = RunChainctl({"check", P(name)});
     EXPECT_EQ(check.exit_code, 1) << check.out << check.err;
     EXPECT_NE(check.out.find(reason), std::string::npos) << check.out;
-    RunResult chain = Chainctl({"chain", P(name)});
+    RunResult chain = RunChainctl({"chain", P(name)});
     EXPECT_EQ(chain.out, "0 qcow2 " + P(name) + "\n");
     // Its bytes are not served as raw either.
     EXPECT_NE(QemuImg({"map", P(name)}).exit_code, 0);
-    RunResult map = Chainctl({"map", "--json", P(name)});
+    RunResult map = RunChainctl({"map", "--json", P(name)});
     EXPECT_EQ(map.exit_code, 2);
     EXPECT_EQ(map.out, "");
     EXPECT_NE(map.err.find(reason), std::string::npos) << map.err;
@@ -186,7 +182,7 @@ TEST_F(QemuStrictInteropTest, Qcow2VersionsZeroAndOneProbeAsQemuProbesThem) {
   const Json* qf = qj.Find("format");
   ASSERT_TRUE(qf && qf->is_string());
   EXPECT_EQ(qf->as_string(), "raw");
-  RunResult c = Chainctl({"info", "--json", P("v0.qcow2")});
+  RunResult c = RunChainctl({"info", "--json", P("v0.qcow2")});
   Json cj = ParseJson(c.out);
   ASSERT_TRUE(cj.is_array() && !cj.as_array().empty());
   EXPECT_EQ(cj.as_array()[0].Find("format")->as_string(), "raw");
@@ -198,7 +194,7 @@ TEST_F(QemuStrictInteropTest, Qcow2VersionsZeroAndOneProbeAsQemuProbesThem) {
   RunResult q1 = QemuImg({"info", P("v1.qcow2")});
   EXPECT_NE(q1.exit_code, 0);
   EXPECT_NE(q1.err.find("Cluster size must be between 512 and 64k"), std::string::npos) << q1.err;
-  RunResult c1 = Chainctl({"check", P("v1.qcow2")});
+  RunResult c1 = RunChainctl({"check", P("v1.qcow2")});
   EXPECT_EQ(c1.exit_code, 1);
   EXPECT_NE(c1.out.find("cannot be read as qcow:"), std::string::npos) << c1.out;
 }
@@ -253,7 +249,7 @@ TEST_F(QemuStrictInteropTest, ZeroFlagInVersion2ImageIsAnErrorAsInQemu) {
     EXPECT_NE(QemuImg({"convert", "-O", "raw", P(name), P("zf.raw")}).exit_code, 0);
     for (const std::vector<std::string>& args :
          std::vector<std::vector<std::string>>{{"map", "--json", P(name)}, {"map", P(name)}}) {
-      RunResult c = Chainctl(args);
+      RunResult c = RunChainctl(args);
       EXPECT_EQ(c.exit_code, 2) << args[1];
       EXPECT_NE(c.err.find("zero cluster entry"), std::string::npos) << c.err;
       EXPECT_NE(c.err.find("version 2"), std::string::npos) << c.err;
@@ -272,7 +268,7 @@ TEST_F(QemuStrictInteropTest, EmptyImagesMapAsQemuImgMapsThem) {
   { std::ofstream(P("empty.raw"), std::ios::binary); }
   EXPECT_EQ(ExpectVirtualSizeAsQemu("empty.raw"), 0u);
   ExpectDataAsQemu("empty.raw");
-  EXPECT_EQ(Chainctl({"map", "--json", P("empty.raw")}).out,
+  EXPECT_EQ(RunChainctl({"map", "--json", P("empty.raw")}).out,
             "[{ \"start\": 0, \"length\": 0, \"depth\": 0, \"present\": false, \"zero\": false, "
             "\"data\": false}]\n");
   MustQemuImg({"create", "-q", "-f", "qcow2", P("empty.qcow2"), "0"});

@@ -30,6 +30,7 @@
 namespace chainfs::core {
 namespace {
 
+using testutil::RunChainctl;
 using testutil::RunResult;
 using testutil::ScopedTempDir;
 
@@ -55,11 +56,6 @@ std::string InfoField(const std::string& path, const char* key) {
   return j->Find(key)->as_string();
 }
 
-RunResult Chainctl(const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {CHAINCTL_BINARY};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return testutil::Run(argv);
-}
 
 class WriteSafetyTest : public ::testing::Test {
  protected:
@@ -137,10 +133,10 @@ TEST_F(WriteSafetyTest, RetargetOntoAnImageWhoseChainReachesItIsRefusedWithEloop
   before = Fingerprint();
 
   // chainctl rebase -u: exit 1, the reason on stderr, nothing changed.
-  RunResult r = Chainctl({"rebase", "-u", "-b", "over.qcow2", P("mid.qcow2")});
+  RunResult r = RunChainctl({"rebase", "-u", "-b", "over.qcow2", P("mid.qcow2")});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_NE(r.err.find("loop"), std::string::npos) << r.err;
-  r = Chainctl({"rebase", "-u", "-b", "nofmt.qcow2", "-F", "qcow2", P("mid.qcow2")});
+  r = RunChainctl({"rebase", "-u", "-b", "nofmt.qcow2", "-F", "qcow2", P("mid.qcow2")});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_NE(r.err.find("loop"), std::string::npos) << r.err;
   EXPECT_EQ(Fingerprint(), before);
@@ -179,7 +175,7 @@ TEST_F(WriteSafetyTest, NewOverlayOrRenameFillingADanglingBackingNameIsRefusedWi
   s = CreateOverlay(inspector_, P("new2.qcow2"), "via.qcow2", P("via.qcow2"), std::string("qcow2"),
                     TrustContext{});
   EXPECT_TRUE(IsLoopError(s)) << s.ToString();
-  RunResult r = Chainctl({"create", "-b", "dangle.qcow2", "-F", "qcow2", P("new.qcow2")});
+  RunResult r = RunChainctl({"create", "-b", "dangle.qcow2", "-F", "qcow2", P("new.qcow2")});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_NE(r.err.find("loop"), std::string::npos) << r.err;
   // A rename of a.qcow2 (whose chain ends at the missing new.qcow2) to that name.
@@ -233,7 +229,7 @@ TEST_F(WriteSafetyTest, RetargetOntoAnotherFormatFollowsTheTrustRuleOrRefuses) {
   EXPECT_NE(s.message().find("chainctl rebase -u -F FMT -b evil.qcow2 " + P("mid.qcow2")),
             std::string::npos)
       << s.message();
-  RunResult r = Chainctl({"rebase", "-u", "-b", "evil.qcow2", P("mid.qcow2")});
+  RunResult r = RunChainctl({"rebase", "-u", "-b", "evil.qcow2", P("mid.qcow2")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("chainctl rebase -u -F FMT"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find("echo"), std::string::npos) << r.err;
@@ -245,7 +241,7 @@ TEST_F(WriteSafetyTest, RetargetOntoAnotherFormatFollowsTheTrustRuleOrRefuses) {
   EXPECT_EQ(InfoField(P("top.qcow2"), "backing-filename-format"), "qcow2");
   EXPECT_TRUE(QemuCheckClean(P("top.qcow2")));
   // Declared explicitly, anything known goes: qemu-img reads it as raw.
-  r = Chainctl({"rebase", "-u", "-b", "evil.qcow2", "-F", "raw", P("mid.qcow2")});
+  r = RunChainctl({"rebase", "-u", "-b", "evil.qcow2", "-F", "raw", P("mid.qcow2")});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(InfoField(P("mid.qcow2"), "backing-filename-format"), "raw");
   EXPECT_TRUE(QemuCheckClean(P("mid.qcow2")));
@@ -307,7 +303,7 @@ TEST_F(WriteSafetyTest, ChainctlRefusalsSpeakOfChainctlNotOfAMount) {
       {{"rebase", "-b", "nbd://localhost/x", P("top.qcow2")}, "chainctl rebase -u -b"},
   };
   for (const Case& c : cases) {
-    RunResult r = Chainctl(c.args);
+    RunResult r = RunChainctl(c.args);
     EXPECT_EQ(r.exit_code, 1) << c.args[0] << ": " << r.err;
     EXPECT_NE(r.err.find(c.fix), std::string::npos) << r.err;
     for (const char* mount_word : {"echo ", "VOL/", ".create", "ln -s", "POOL/"}) {

@@ -28,6 +28,15 @@ inline RunResult RunCommand(const std::vector<std::string>& argv) { return Run(a
 // Same as Run, with `input` written to the child's stdin.
 RunResult RunWithInput(const std::vector<std::string>& argv, const std::string& input);
 
+#ifdef CHAINCTL_BINARY
+// Runs the chainctl built with the tests (CHAINCTL_BINARY) with `args`.
+inline RunResult RunChainctl(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {CHAINCTL_BINARY};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return Run(argv);
+}
+#endif
+
 // Runs argv like Run, again (up to 20 times in all, pausing between tries) while it fails with
 // qemu's spurious "Unable to get accurate CPU usage": LUKS creation
 // benchmarks its key derivation by thread CPU time, which a busy machine can
