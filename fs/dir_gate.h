@@ -78,11 +78,11 @@ class DirGate {
   void Leave(uint64_t ino);
 
   mutable std::mutex mu_;
-  std::map<uint64_t, uint32_t> busy_;                      // guarded by mu_
-  std::set<std::pair<uint64_t, std::string>> deferred_;    // guarded by mu_
-  std::set<std::pair<uint64_t, std::string>> dropped_;     // guarded by mu_
-  std::atomic<size_t> dropped_count_{0};                   // dropped_.size(), read unlocked
-  std::function<void()> on_idle_;                          // guarded by mu_
+  std::map<uint64_t, uint32_t> busy_;                    // guarded by mu_
+  std::set<std::pair<uint64_t, std::string>> deferred_;  // guarded by mu_
+  std::set<std::pair<uint64_t, std::string>> dropped_;   // guarded by mu_
+  std::atomic<size_t> dropped_count_{0};                 // dropped_.size(), read unlocked
+  std::function<void()> on_idle_;                        // guarded by mu_
 };
 
 }  // namespace chainfs::fs

@@ -37,11 +37,24 @@ std::string EscapeOneLine(std::string_view s) {
   for (size_t i = 0; i < s.size();) {
     unsigned char c = static_cast<unsigned char>(s[i]);
     switch (c) {
-      case '\n': out += "\\n"; ++i; continue;
-      case '\r': out += "\\r"; ++i; continue;
-      case '\t': out += "\\t"; ++i; continue;
-      case '\\': out += "\\\\"; ++i; continue;
-      default: break;
+      case '\n':
+        out += "\\n";
+        ++i;
+        continue;
+      case '\r':
+        out += "\\r";
+        ++i;
+        continue;
+      case '\t':
+        out += "\\t";
+        ++i;
+        continue;
+      case '\\':
+        out += "\\\\";
+        ++i;
+        continue;
+      default:
+        break;
     }
     if (c < 0x20 || c == 0x7F) {
       out += fmt::format("\\x{:02x}", c);
@@ -114,8 +127,7 @@ std::string XmlSafe(std::string_view s) {
     }
     bool bad = IsControlAt(s, i, len);
     // U+FFFE and U+FFFF (EF BF BE, EF BF BF) are not XML 1.0 characters.
-    if (len == 3 && s.substr(i, 2) == "\xEF\xBF" &&
-        static_cast<unsigned char>(s[i + 2]) >= 0xBE) {
+    if (len == 3 && s.substr(i, 2) == "\xEF\xBF" && static_cast<unsigned char>(s[i + 2]) >= 0xBE) {
       bad = true;
     }
     if (bad) {

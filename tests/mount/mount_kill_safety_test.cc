@@ -3,11 +3,10 @@
 // holds, so SIGKILL always ends the process and frees /dev/fuse, with no
 // fusectl. And the entry invalidations that the gate defers or skips still
 // keep what the kernel shows current.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <atomic>
 #include <cerrno>
