@@ -1,6 +1,8 @@
 #include "fs/daemon.h"
 
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -18,6 +20,7 @@
 #include "fs/operations.h"
 #include "fs/state.h"
 #include "fs/watcher.h"
+#include "fs/wedge_guardian.h"
 
 namespace chainfs::fs {
 
@@ -140,6 +143,8 @@ int RunMount(const MountOptions& options) {
   std::free(real);
   config.read_only = opts.read_only;
   config.cache_timeout = opts.cache_timeout;
+  const char* fault = std::getenv("CHAINFS_FAULT_WEDGE_RENAME");
+  config.fault_wedge_rename = fault != nullptr && std::string(fault) == "1";
 
   auto state = std::make_unique<FsState>(config, opts.foreground);
   struct timespec now {};
@@ -180,6 +185,9 @@ int RunMount(const MountOptions& options) {
     return 1;
   }
 
+  // Forked while the process has one thread (the watcher and the loop's
+  // workers start below).
+  pid_t guardian = StartWedgeGuardian(config.mountpoint);
   int rc = 0;
   {
     Watcher watcher(*state, opts.sources);
@@ -196,6 +204,10 @@ int RunMount(const MountOptions& options) {
   fuse_session_unmount(se.get());
   state->session = nullptr;
   se.reset();
+  if (guardian > 0) {
+    ::kill(guardian, SIGKILL);
+    ::waitpid(guardian, nullptr, 0);
+  }
   int exit_code = rc == 0 || rc == SIGTERM || rc == SIGINT ? 0 : 1;
   // A running rebase cannot be stopped between chunks: wait for it, bounded.
   // The mount is already gone, so nobody hangs on it meanwhile.

@@ -530,6 +530,10 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
     if (from->pool != to->pool || std::string(name) != newname) {
       fs.nodes.Rename(from->pool, name, to->pool, newname);
     }
+    if (fs.config.fault_wedge_rename && fs.session) {
+      // Blocks on the directory lock this very request holds (test only).
+      fuse_lowlevel_notify_inval_entry(fs.session, parent, name, std::strlen(name));
+    }
     fuse_reply_err(req, 0);
   });
 }

@@ -31,6 +31,11 @@ struct MountConfig {
   // the kernel's copy current; 0 makes every access revalidate.
   double cache_timeout = kDefaultCacheTimeout;
   static constexpr double kDefaultCacheTimeout = 3600.0;
+  // Fault injection for the tests (environment CHAINFS_FAULT_WEDGE_RENAME=1):
+  // a rename sends an entry invalidation of its own directory before it
+  // replies, the call libfuse forbids there, so that the daemon blocks in
+  // the kernel as a wedged daemon does (fs/wedge_guardian.h).
+  bool fault_wedge_rename = false;
 };
 
 // The FUSE operations counted in .chainfs/stats.

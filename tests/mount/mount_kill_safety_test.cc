@@ -11,6 +11,9 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -101,6 +104,46 @@ TEST_F(MountTest, KillWhileOutsideChangesRaceWithRequestsNeverWedges) {
       if (e.path().filename() != "base.raw") std::filesystem::remove(e.path());
     }
   }
+}
+
+// The window the gate cannot close (a request the kernel queued, holding
+// the directory's lock, that the daemon has not read yet) is forced here:
+// with CHAINFS_FAULT_WEDGE_RENAME=1 a rename invalidates an entry of its own
+// directory before replying, so its thread blocks in the kernel for good.
+// SIGKILL then leaves that thread behind; the wedge guardian must see it and
+// abort the connection, so that the process ends and the rename returns.
+TEST_F(MountTest, WedgeGuardianFreesADaemonKilledWhileBlockedInTheKernel) {
+  QemuImgCreate({"-f", "raw", P("base.raw"), "1M"});
+  ASSERT_EQ(::setenv("CHAINFS_FAULT_WEDGE_RENAME", "1", 1), 0);
+  bool mounted = MountPool();
+  ::unsetenv("CHAINFS_FAULT_WEDGE_RENAME");
+  ASSERT_TRUE(mounted);
+  std::atomic<int> rename_errno{-1};
+  std::thread mover([&] {
+    int rc = ::rename(M("p/base.raw").c_str(), M("p/moved.raw").c_str());
+    rename_errno = rc == 0 ? 0 : errno;
+  });
+  // The rename is stuck in its handler (the image is renamed, no reply).
+  ASSERT_TRUE(WaitFor([&] { return Exists(P("moved.raw")) && !Exists(P("base.raw")); }, 20));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(rename_errno.load(), -1) << "the rename was expected to hang";
+  ASSERT_EQ(::kill(mount_.pid(), SIGKILL), 0);
+  auto killed = std::chrono::steady_clock::now();
+  int status = mount_.WaitExit(20);
+  double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  if (status == -1) {
+    ADD_FAILURE() << "the wedged daemon was not freed by its guardian";
+    mount_.ForceAbort();
+  }
+  mover.join();
+  EXPECT_NE(rename_errno.load(), -1);
+  std::printf("guardian freed the killed daemon in %.2f s (rename errno %d)\n", took,
+              rename_errno.load());
+  EXPECT_LT(took, 10.0);
+  mount_.Stop();
+  EXPECT_FALSE(IsMounted(mnt_));
+  EXPECT_TRUE(Exists(P("moved.raw")));
 }
 
 // rmdir through the mount: the kernel drops the entry itself. When the name
