@@ -174,7 +174,14 @@ void InvalidateKernelImages(FsState& fs, const std::vector<std::string>& paths) 
     }
   }
   for (const std::string& prefix : prefixes) {
-    for (const auto& [ino, key] : fs.nodes.FindByPrefix(prefix)) inodes.insert(ino);
+    for (const auto& [ino, key] : fs.nodes.FindByPrefix(prefix)) {
+      // VOL/rebase is never cached (zero timeouts: every access asks), and
+      // a running rebase writes its image all the time: an invalidation
+      // would only make the kernel discard the attribute reply in flight
+      // (its attr_version moved), keep the old size and cut the new line.
+      if (key.kind == NodeKind::kVolumeFile && key.file == kRebaseFileName) continue;
+      inodes.insert(ino);
+    }
   }
   Notify(fs, se, std::vector<uint64_t>(inodes.begin(), inodes.end()));
 }
