@@ -141,6 +141,15 @@ bool ChainCache::Revalidate(const ChainSnapshot& snap) const {
 }
 
 std::shared_ptr<const ChainSnapshot> ChainCache::Get(const std::string& path) {
+  return GetWith(path, [&] {
+    core::ResolveOptions options;
+    options.locate = locate_;
+    return core::ResolveChain(inspector_, path, options);
+  });
+}
+
+std::shared_ptr<const ChainSnapshot> ChainCache::GetWith(
+    const std::string& path, const std::function<core::Chain()>& resolve) {
   std::shared_ptr<const ChainSnapshot> cached;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -167,9 +176,7 @@ std::shared_ptr<const ChainSnapshot> ChainCache::Get(const std::string& path) {
     }
   }
   ++misses_;
-  core::ResolveOptions options;
-  options.locate = locate_;
-  core::Chain chain = core::ResolveChain(inspector_, path, options);
+  core::Chain chain = resolve();
   std::vector<std::optional<core::FileIdentity>> ids;
   std::vector<ElementCheck> checks;
   ids.reserve(chain.elements.size());

@@ -106,6 +106,11 @@ class ChainCache {
   // way (refused permission, not a regular file or block device); else the
   // chain is resolved again on every use. Never fails.
   std::shared_ptr<const ChainSnapshot> Get(const std::string& path);
+  // The same for a chain resolved by `resolve` and cached under `key`
+  // (domain disks: the key holds the disk's XML, so a new definition is a
+  // new entry). Keys must not start with '/', which Get's paths do.
+  std::shared_ptr<const ChainSnapshot> GetWith(const std::string& key,
+                                               const std::function<core::Chain()>& resolve);
   // Drops every entry (pool definitions changed, so fixes may read differently).
   void Clear();
   // Drops every cached chain that has the image at absolute `path` as an

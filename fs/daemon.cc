@@ -119,6 +119,14 @@ int RunMount(const MountOptions& options) {
     Fail(load.status().message());
     return 1;
   }
+  core::Status domains_named = core::CheckDomainSources(opts.domain_dir, opts.run_dir);
+  if (!domains_named.ok()) {
+    Fail(domains_named.message());
+    return 1;
+  }
+  const core::DomainSources domain_sources = core::ChooseDomainSources(
+      opts.sources.pool_dir.has_value() || !opts.sources.pool_specs.empty(), opts.domain_dir,
+      opts.run_dir);
 
   std::string absolute = opts.mountpoint;
   if (absolute.empty() || absolute[0] != '/') {
@@ -159,6 +167,17 @@ int RunMount(const MountOptions& options) {
   }
   state->log.Add("pools", "-", "ok", fmt::format("{} pool definitions", load->pools.size()));
   state->catalog.SetPools(std::move(load->pools));
+  state->domains.SetSources(domain_sources);
+  if (state->domains.enabled()) {
+    std::shared_ptr<const core::DomainSet> domains = state->domains.Current();
+    for (const std::string& line : domains->skipped) {
+      state->log.Add("domains", "-", "skipped", line);
+    }
+    state->log.Add("domains", "-", "ok",
+                   fmt::format("{} domains from {}{}", domains->domains.size(),
+                               domain_sources.domain_dir.empty() ? "-" : domain_sources.domain_dir,
+                               domain_sources.run_dir.empty() ? "" : " and " + domain_sources.run_dir));
+  }
 
   Args args;
   args.storage.push_back("chainfs");

@@ -14,6 +14,11 @@ bool NodeKey::IsDir() const {
     case NodeKind::kVolumeDir:
     case NodeKind::kChainDir:
     case NodeKind::kElementDir:
+    case NodeKind::kDomainsDir:
+    case NodeKind::kDomainDir:
+    case NodeKind::kDiskDir:
+    case NodeKind::kDiskChainDir:
+    case NodeKind::kDiskElementDir:
       return true;
     default:
       return false;
@@ -50,6 +55,22 @@ std::string NodeKey::Path() const {
       return fmt::format("/{}/{}/{}/{}/{}", pool, volume, kChainDirName, index, file);
     case NodeKind::kElementLink:
       return fmt::format("/{}/{}/{}/{}/{}", pool, volume, kChainDirName, index, kVolumeLinkName);
+    case NodeKind::kDomainsDir: return fmt::format("/{}", kDomainsDirName);
+    case NodeKind::kDomainDir: return fmt::format("/{}/{}", kDomainsDirName, pool);
+    case NodeKind::kDomainFile: return fmt::format("/{}/{}/{}", kDomainsDirName, pool, file);
+    case NodeKind::kDiskDir: return fmt::format("/{}/{}/{}", kDomainsDirName, pool, volume);
+    case NodeKind::kDiskFile:
+      return fmt::format("/{}/{}/{}/{}", kDomainsDirName, pool, volume, file);
+    case NodeKind::kDiskChainDir:
+      return fmt::format("/{}/{}/{}/{}", kDomainsDirName, pool, volume, kChainDirName);
+    case NodeKind::kDiskElementDir:
+      return fmt::format("/{}/{}/{}/{}/{}", kDomainsDirName, pool, volume, kChainDirName, index);
+    case NodeKind::kDiskElementFile:
+      return fmt::format("/{}/{}/{}/{}/{}/{}", kDomainsDirName, pool, volume, kChainDirName, index,
+                         file);
+    case NodeKind::kDiskElementLink:
+      return fmt::format("/{}/{}/{}/{}/{}/{}", kDomainsDirName, pool, volume, kChainDirName, index,
+                         kVolumeLinkName);
   }
   return "?";
 }
@@ -62,7 +83,26 @@ const std::vector<std::string>& ControlFileNames() {
 const std::vector<std::string>& VolumeFileNames() {
   static const std::vector<std::string> names = {
       "allocation", "backing",  "backing_format", "capacity", "disk.xml",
-      "format",     "info",     "info.json",      "problems", "rebase",   "volume.xml"};
+      "format",     "info",     "info.json",      "problems", "rebase",   "users",
+      "volume.xml"};
+  return names;
+}
+
+const std::vector<std::string>& DomainFileNames() {
+  static const std::vector<std::string> names = {"domain.xml", "state", "uuid"};
+  return names;
+}
+
+const std::vector<std::string>& DiskFileNames() {
+  static const std::vector<std::string> names = {"disk.xml", "format",   "info", "info.json",
+                                                 "problems", "source",   "type"};
+  return names;
+}
+
+const std::vector<std::string>& DiskElementFileNames() {
+  static const std::vector<std::string> names = {"allocation", "backing", "backing_format",
+                                                 "capacity",   "format",  "index",
+                                                 "origin",     "path"};
   return names;
 }
 

@@ -22,6 +22,17 @@ enum class NodeKind : uint8_t {
   kElementDir,   // MOUNT/POOL/VOL/chain/N/                         pool, volume, index
   kElementFile,  // MOUNT/POOL/VOL/chain/N/{path,format,...}        pool, volume, index, file
   kElementLink,  // MOUNT/POOL/VOL/chain/N/volume (symlink)         pool, volume, index
+  // The domains' view (DESIGN section 8); `pool` holds the domain's name,
+  // `volume` the disk's target.
+  kDomainsDir,       // MOUNT/.domains/
+  kDomainDir,        // MOUNT/.domains/DOM/                           pool
+  kDomainFile,       // MOUNT/.domains/DOM/{state,uuid,domain.xml}    pool, file
+  kDiskDir,          // MOUNT/.domains/DOM/TGT/                       pool, volume
+  kDiskFile,         // MOUNT/.domains/DOM/TGT/{source,...,problems}  pool, volume, file
+  kDiskChainDir,     // MOUNT/.domains/DOM/TGT/chain/                 pool, volume
+  kDiskElementDir,   // MOUNT/.domains/DOM/TGT/chain/N/               pool, volume, index
+  kDiskElementFile,  // MOUNT/.domains/DOM/TGT/chain/N/{path,...}     pool, volume, index, file
+  kDiskElementLink,  // MOUNT/.domains/DOM/TGT/chain/N/volume         pool, volume, index
 };
 
 // Identifies one node. A value type.
@@ -40,6 +51,8 @@ struct NodeKey {
   bool operator==(const NodeKey&) const = default;
   // Returns true for directories.
   bool IsDir() const;
+  // Returns true for the nodes under MOUNT/.domains.
+  bool IsDomainNode() const { return kind >= NodeKind::kDomainsDir; }
   // Returns a canonical byte string (pool first, so that every node of one
   // pool or one volume shares a prefix); used as the node table's key.
   std::string Encode() const;
@@ -53,6 +66,7 @@ std::string EncodePrefix(const std::string& pool, const std::string& volume = {}
 
 // Names of the files of the tree (DESIGN section 1).
 inline constexpr const char* kControlDirName = ".chainfs";
+inline constexpr const char* kDomainsDirName = ".domains";
 inline constexpr const char* kPoolXmlName = ".pool.xml";
 inline constexpr const char* kChainDirName = "chain";
 inline constexpr const char* kVolumeLinkName = "volume";
@@ -62,6 +76,12 @@ const std::vector<std::string>& ControlFileNames();
 const std::vector<std::string>& VolumeFileNames();
 // Returns the files of a chain/N directory (besides the volume link).
 const std::vector<std::string>& ElementFileNames();
+// Returns the files of a domain directory (besides its disks).
+const std::vector<std::string>& DomainFileNames();
+// Returns the files of a disk directory (besides chain/).
+const std::vector<std::string>& DiskFileNames();
+// Returns the files of a disk's chain/N directory (besides the volume link).
+const std::vector<std::string>& DiskElementFileNames();
 // Returns true if `name` is reserved in a pool directory (cannot be a volume).
 bool IsReservedPoolEntry(const std::string& name);
 

@@ -44,6 +44,8 @@ double TimeoutFor(const FsState& fs, const NodeKey& key, const NodeAttr& attr) {
   }
   if (IsPendingLinkKey(key)) return 0.0;
   if (key.kind == NodeKind::kVolumeFile && key.file == kRebaseFileName) return 0.0;  // job state
+  // Who uses an image depends on other chains and on the domains.
+  if (key.kind == NodeKind::kVolumeFile && key.file == "users") return 0.0;
   return attr.watched ? fs.config.cache_timeout : 0.0;
 }
 

@@ -33,6 +33,12 @@ core::Status TakeOption(const std::string& opt, MountOptions& o) {
     o.sources.pool_dir = v;
   } else if (const char* v = value_of("pool=")) {
     o.sources.pool_specs.emplace_back(v);
+  } else if (const char* v = value_of("domain_dir=")) {
+    if (!*v) return Error(Code::kInvalidArgument, "domain_dir= needs a folder");
+    o.domain_dir = v;
+  } else if (const char* v = value_of("run_dir=")) {
+    if (!*v) return Error(Code::kInvalidArgument, "run_dir= needs a folder");
+    o.run_dir = v;
   } else if (const char* v = value_of("cache_timeout=")) {
     char* end = nullptr;
     errno = 0;
@@ -71,9 +77,15 @@ const char* MountUsage() {
          "  --pool-dir DIR        read pool definitions from DIR (default\n"
          "                        /etc/libvirt/storage, read when no --pool is given)\n"
          "  --pool NAME=PATH      add an ad-hoc dir pool (repeatable)\n"
+         "  --domain-dir DIR      read domain definitions from DIR for MOUNT/.domains\n"
+         "                        (default /etc/libvirt/qemu, read when no pool option\n"
+         "                        is given)\n"
+         "  --run-dir DIR         read running domains' status files from DIR (default\n"
+         "                        /run/libvirt/qemu with the default domain folder)\n"
          "  --demo                make a sample pool in a temporary folder and mount it\n"
          "  -o OPT[,OPT...]       mount options: ro, allow_other, pool_dir=DIR,\n"
-         "                        pool=NAME=PATH, cache_timeout=SECONDS, and libfuse's\n"
+         "                        pool=NAME=PATH, domain_dir=DIR, run_dir=DIR,\n"
+         "                        cache_timeout=SECONDS, and libfuse's\n"
          "  -f                    stay in the foreground\n"
          "  -d                    debug: foreground, print every FUSE request\n"
          "  -h, --help            show this help\n"
@@ -109,6 +121,14 @@ core::Result<MountOptions> ParseMountOptions(const std::vector<std::string>& arg
       auto v = value("--pool-dir");
       if (!v.ok()) return v.status();
       o.sources.pool_dir = *v;
+    } else if (a == "--domain-dir" || a.rfind("--domain-dir=", 0) == 0) {
+      auto v = value("--domain-dir");
+      if (!v.ok()) return v.status();
+      o.domain_dir = *v;
+    } else if (a == "--run-dir" || a.rfind("--run-dir=", 0) == 0) {
+      auto v = value("--run-dir");
+      if (!v.ok()) return v.status();
+      o.run_dir = *v;
     } else if (a == "--pool" || a.rfind("--pool=", 0) == 0) {
       auto v = value("--pool");
       if (!v.ok()) return v.status();

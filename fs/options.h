@@ -2,6 +2,7 @@
 // mount.fuse3 uses for fstab lines: `chainfs SOURCE MOUNTPOINT -o OPTS`.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,8 @@ namespace chainfs::fs {
 
 struct MountOptions {
   core::PoolSources sources;
+  std::optional<std::string> domain_dir;  // --domain-dir (DESIGN section 8)
+  std::optional<std::string> run_dir;     // --run-dir
   std::string mountpoint;
   std::string source;             // mount.fuse3's SOURCE: accepted and ignored
   bool foreground = false;        // -f (and -d)

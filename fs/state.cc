@@ -38,6 +38,7 @@ FsState::FsState(MountConfig cfg, bool echo_log)
       chains(inspector, catalog.MakeLocator()),
       tree(catalog, chains, log) {
   tree.set_stats_renderer([this] { return RenderStats(); });
+  tree.set_domains(&domains, &inspector);
   tree.set_rebase_renderer([this](const std::string& image) { return rebases.Render(image); });
 }
 

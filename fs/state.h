@@ -7,6 +7,7 @@
 #include <string>
 
 #include "core/chain/inspector.h"
+#include "core/domain/domain_catalog.h"
 #include "core/pool/catalog.h"
 #include "fs/chain_cache.h"
 #include "fs/dir_gate.h"
@@ -68,6 +69,7 @@ class FsState {
   const MountConfig config;
   core::ImageInspector inspector;
   core::PoolCatalog catalog;
+  core::DomainCatalog domains;  // MOUNT/.domains (DESIGN section 8)
   EventLog log;
   ChainCache chains;
   NodeTable nodes;

@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "core/chain/inspector.h"
+#include "core/domain/domain_catalog.h"
+#include "core/domain/domain_view.h"
 #include "core/pool/catalog.h"
 #include "core/status.h"
 #include "fs/chain_cache.h"
@@ -95,6 +97,24 @@ class Tree {
   // Sets the owner of the root and the control files (the daemon's ids) and
   // the time shown on them.
   void set_owner(uint32_t uid, uint32_t gid, struct timespec mount_time);
+  // Enables MOUNT/.domains over `domains`, resolving disks with `inspector`
+  // (both must outlive the tree). Without it there is no .domains.
+  void set_domains(core::DomainCatalog* domains, core::ImageInspector* inspector) {
+    domains_ = domains;
+    inspector_ = inspector;
+  }
+
+  // One domain disk whose chain holds an image (for VOL/users and the
+  // write side's refusals).
+  struct DomainUse {
+    std::string domain;
+    std::string target;
+    bool running = false;
+    std::string definition;  // the definition file ("" for a transient domain)
+  };
+  // Returns every domain disk whose chain (the live one for a running
+  // domain) holds the image at absolute `path`, at any depth.
+  std::vector<DomainUse> DomainUsers(const std::string& path);
 
  private:
   core::Result<core::PoolDef> Pool(const std::string& name);
@@ -108,6 +128,24 @@ class Tree {
   core::Status CheckAccess(const NodeKey& key, const ChainSnapshot& snap, const Caller& caller);
   core::Result<std::string> LinkTarget(const NodeKey& key, const ChainSnapshot& snap);
   std::vector<DirEntry> PoolEntries(const std::string& pool);
+  // VOL/users: the domain disks and the other volumes whose chain holds it.
+  core::Result<std::string> RenderVolumeUsers(const std::string& pool, const std::string& volume);
+
+  // The domains' view (fs/domain_tree.cc).
+  bool DomainsEnabled() const { return domains_ != nullptr && domains_->enabled(); }
+  struct DiskState {
+    std::shared_ptr<const core::DomainEntry> entry;
+    const core::DiskDef* disk = nullptr;  // points into `entry`
+    std::shared_ptr<const ChainSnapshot> snap;
+  };
+  core::Result<std::shared_ptr<const core::DomainEntry>> Domain(const std::string& name);
+  core::Result<DiskState> Disk(const std::string& domain, const std::string& target);
+  core::Result<NodeKey> LookupDomainNode(const NodeKey& parent, const std::string& name);
+  core::Result<std::vector<DirEntry>> ListDomainNode(const NodeKey& key);
+  core::Result<NodeAttr> DomainNodeAttr(const NodeKey& key);
+  core::Result<std::string> RenderDomainNode(const NodeKey& key);
+  core::Result<std::string> DiskLinkTarget(const NodeKey& key, const ChainSnapshot& snap);
+  core::Status CheckDomainAccess(const NodeKey& key, const Caller& caller);
 
   core::PoolCatalog& catalog_;
   ChainCache& chains_;
@@ -117,6 +155,8 @@ class Tree {
   uint32_t owner_uid_ = 0;
   uint32_t owner_gid_ = 0;
   struct timespec mount_time_ {};
+  core::DomainCatalog* domains_ = nullptr;
+  core::ImageInspector* inspector_ = nullptr;
 };
 
 // Returns the names of the browsable pools among `pools` whose folder holds

@@ -162,6 +162,7 @@ void Watcher::Reload() {
   }
   size_t count = load->pools.size();
   state_.catalog.SetPools(std::move(load->pools));
+  state_.domains.Invalidate();
   state_.chains.Clear();
   WatchPools();
   state_.log.Add("reload", "-", "ok", fmt::format("{} pool definitions", count));

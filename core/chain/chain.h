@@ -20,6 +20,12 @@ enum class FormatSource {
   kMetadata,  // recorded in the metadata of the image above it
 };
 
+// Where a chain element itself came from (domain disks, DESIGN section 8).
+enum class ElementOrigin {
+  kMetadata,  // named by the backing string of the image above it (or a pool volume)
+  kXml,       // given in a domain's XML: the disk's <source> or a <backingStore>
+};
+
 // One element of a chain: index 0 is the image itself, 1 its backing, ...
 struct ChainElement {
   int index = 0;
@@ -31,6 +37,12 @@ struct ChainElement {
   FormatSource format_source = FormatSource::kProbed;
   std::optional<FileStat> stat;                // absent when not opened
   std::shared_ptr<const ImageMeta> meta;       // null when not opened / not parsed
+  // Domain disks only (DESIGN section 8); pool volumes keep the defaults.
+  ElementOrigin origin = ElementOrigin::kMetadata;
+  std::string source_type;         // libvirt's storage type: "file", "block", "network",
+                                   // "volume" ("" = file or block, by the stat)
+  std::string volume_ref;          // type "volume": "POOL/VOLUME" as the XML names it
+  std::optional<int> xml_index;    // the index attribute a live XML gave the element
 };
 
 // Classifies a problem, so that callers can test for kinds without parsing text.
@@ -48,6 +60,10 @@ enum class ProblemKind {
   kBadBackingString,      // a backing string that cannot be classified
   kUnknownFormat,         // a recorded backing format that is not a known format
   kUnsupported,           // e.g. a block device or other non-regular file
+  kDomain,                // a domain disk's definition stops or changes the chain (a volume
+                          // not found, a network protocol not followed, a definition error)
+  kDrift,                 // a running domain's live chain differs from what its images
+                          // record now
 };
 
 // One problem found while resolving: at chain index `index`.

@@ -1,5 +1,7 @@
 #include "core/chain/resolver.h"
 
+#include <cerrno>
+#include <cstring>
 #include <map>
 #include <utility>
 
@@ -89,6 +91,21 @@ class Walker {
       return std::move(chain_);
     }
     Continue(std::move(e), **in);
+    return std::move(chain_);
+  }
+
+  Chain Resume(Chain start) {
+    if (start.elements.empty() || !start.elements.back().stat) return start;
+    ChainElement last = start.elements.back();
+    Result<std::shared_ptr<const Inspection>> in = insp_.Inspect(last.path, last.format);
+    if (!in.ok() || !((*in)->stat.id == last.stat->id)) return start;
+    chain_ = std::move(start);
+    chain_.elements.pop_back();
+    chain_.complete = false;
+    for (const ChainElement& e : chain_.elements) {
+      if (e.stat) seen_.emplace(std::make_pair(e.stat->id.dev, e.stat->id.ino), e.index);
+    }
+    Continue(std::move(last), **in);
     return std::move(chain_);
   }
 
@@ -200,9 +217,14 @@ class Walker {
           insp_.Inspect(next.path, next.format_source == FormatSource::kMetadata ? *recorded : "");
       if (!nin.ok()) {
         Status s = nin.status();
+        const std::string& parent = opts_.broken_parent.empty() ? self.path : opts_.broken_parent;
         std::string msg = fmt::format("Cannot access backing file '{}' of storage file '{}'",
-                                      Name(next.path), Name(self.path));
-        if (s.code() != Code::kNotFound) msg += fmt::format(" ({})", Foreign(s.message()));
+                                      Name(next.path), Name(parent));
+        if (!opts_.access_as.empty()) {
+          msg += fmt::format(" (as {}): {}", opts_.access_as, SystemErrorText(s));
+        } else if (s.code() != Code::kNotFound) {
+          msg += fmt::format(" ({})", Foreign(s.message()));
+        }
         const bool known = recorded && FindDriver(*recorded);
         AddProblem(next.index, KindOf(s), std::move(msg),
                    RetargetFix(opts_, self, "backing", "NEW-BACKING",
@@ -285,6 +307,23 @@ class Walker {
 Chain ResolveChain(ImageInspector& inspector, const std::string& path,
                    const ResolveOptions& options) {
   return Walker(inspector, options).Walk(path);
+}
+
+Chain ContinueChain(ImageInspector& inspector, Chain start, const ResolveOptions& options) {
+  return Walker(inspector, options).Resume(std::move(start));
+}
+
+std::string SystemErrorText(const Status& status) {
+  int err = status.sys_errno();
+  if (err == 0) {
+    switch (status.code()) {
+      case Code::kNotFound: err = ENOENT; break;
+      case Code::kPermissionDenied: err = EACCES; break;
+      case Code::kUnsupported: err = ENOTSUP; break;
+      default: err = EIO; break;
+    }
+  }
+  return std::strerror(err);
 }
 
 }  // namespace chainfs::core

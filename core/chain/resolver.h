@@ -20,6 +20,13 @@ using VolumeLocator = std::function<std::optional<std::string>(const std::string
 struct ResolveOptions {
   int max_depth = kMaxChainDepth;
   VolumeLocator locate;  // may be empty
+  // libvirt's wording for a domain disk (DESIGN section 8), which differs
+  // from the pools': when set, a backing file that cannot be accessed is
+  // reported "of storage file '<broken_parent>'" (libvirt names the image
+  // its detection started from, not the image recording the name) and
+  // followed by " (as <access_as>): <strerror>".
+  std::string broken_parent;
+  std::string access_as;  // "uid:N, gid:N"
 };
 
 // Resolves the chain of the image at `path` (made absolute by the caller).
@@ -28,5 +35,16 @@ struct ResolveOptions {
 // stops at the element concerned. Thread-safe if `inspector` is.
 Chain ResolveChain(ImageInspector& inspector, const std::string& path,
                    const ResolveOptions& options = {});
+
+// Continues `start` by the same image rules from its last element, which
+// must have been opened (stat set) in the format it names; the elements
+// before it are taken as given (a domain's explicit <backingStore> chain)
+// and only count for loop detection. Returns `start` unchanged when its
+// last element cannot be reopened as before.
+Chain ContinueChain(ImageInspector& inspector, Chain start, const ResolveOptions& options = {});
+
+// Returns strerror's text for the errno a Status stands for ("No such file
+// or directory"), as libvirt's system errors end.
+std::string SystemErrorText(const Status& status);
 
 }  // namespace chainfs::core

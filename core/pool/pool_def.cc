@@ -13,6 +13,8 @@
 #include <cstring>
 #include <sstream>
 
+#include "core/util/small_file.h"
+
 namespace chainfs::core {
 namespace {
 
@@ -38,6 +40,9 @@ Status ValidatePoolName(std::string_view name) {
   if (name == ".chainfs") {
     return Error(Code::kInvalidArgument, "pool name '.chainfs' is reserved for the control directory");
   }
+  if (name == ".domains") {
+    return Error(Code::kInvalidArgument, "pool name '.domains' is reserved for the domains' view");
+  }
   if (HasControlCharacter(name)) {
     return Error(Code::kInvalidArgument, "pool name contains control characters");
   }
@@ -55,47 +60,6 @@ std::string SanitizePath(std::string_view path) {
   }
   if (out.size() > 1 && out.back() == '/') out.pop_back();
   return out;
-}
-
-// Reads a small regular file. kInvalidArgument when it is not one or too big.
-Result<std::string> ReadSmallFile(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-  if (fd < 0) {
-    int err = errno;
-    return Status::FromErrno(err, fmt::format("cannot open: {}", std::strerror(err)));
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    int err = errno;
-    ::close(fd);
-    return Status::FromErrno(err, fmt::format("cannot stat: {}", std::strerror(err)));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return Error(Code::kInvalidArgument, "not a regular file");
-  }
-  if (uint64_t(st.st_size) > kMaxPoolXmlBytes) {
-    ::close(fd);
-    return Error(Code::kInvalidArgument, "larger than {} bytes", kMaxPoolXmlBytes);
-  }
-  std::string data;
-  std::array<char, 65536> buf;
-  while (data.size() <= kMaxPoolXmlBytes) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int err = errno;
-      ::close(fd);
-      return Status::FromErrno(err, fmt::format("cannot read: {}", std::strerror(err)));
-    }
-    if (n == 0) break;
-    data.append(buf.data(), size_t(n));
-  }
-  ::close(fd);
-  if (data.size() > kMaxPoolXmlBytes) {
-    return Error(Code::kInvalidArgument, "larger than {} bytes", kMaxPoolXmlBytes);
-  }
-  return data;
 }
 
 }  // namespace
@@ -191,7 +155,7 @@ PoolLoad LoadPoolDir(const std::string& dir) {
 
   for (const std::string& file : files) {
     std::string path = dir + "/" + file;
-    Result<std::string> text = ReadSmallFile(path);
+    Result<std::string> text = ReadSmallFile(path, kMaxPoolXmlBytes);
     if (!text.ok()) {
       load.skipped.push_back(fmt::format("{}: {}", path, text.status().message()));
       continue;

@@ -12,9 +12,13 @@
 #include "core/chain/inspector.h"
 #include "core/data/chain_reader.h"
 #include "core/chain/resolver.h"
+#include "core/domain/domain_catalog.h"
+#include "core/domain/domain_view.h"
 #include "core/pool/catalog.h"
+#include "core/render/domain_render.h"
 #include "core/render/render.h"
 #include "core/util/escape.h"
+#include "core/util/small_file.h"
 #include "core/write/create.h"
 #include "core/write/rebase.h"
 #include "core/write/retarget.h"
@@ -29,7 +33,8 @@ constexpr int kExitProblems = 1;  // `check` found problems; create/rebase refus
 constexpr int kExitError = 2;     // usage error or the image cannot be read
 
 constexpr const char* kUsage =
-    "Usage: chainctl [--pool-dir DIR] [--pool NAME=PATH]... COMMAND [ARGS]\n"
+    "Usage: chainctl [--pool-dir DIR] [--pool NAME=PATH]... [--domain-dir DIR] [--run-dir DIR]\n"
+    "                COMMAND [ARGS]\n"
     "\n"
     "Inspect disk images and their backing chains the way libvirt resolves them.\n"
     "\n"
@@ -46,11 +51,19 @@ constexpr const char* kUsage =
     "  rebase [-u] -b BACKING [-F FMT] IMAGE\n"
     "                           rebase IMAGE onto BACKING, copying what differs;\n"
     "                           -b \"\" flattens; -u only rewrites the pointer\n"
+    "  domains                  every domain: name, state, disks (one line each)\n"
+    "  domain [--json|--xml|--check] NAME|FILE.xml [TARGET]\n"
+    "                           a domain disk's chain as libvirt resolves it at start\n"
+    "  users IMAGE              the domain disks and volumes whose chain holds IMAGE\n"
     "\n"
     "Options:\n"
     "  --pool-dir DIR     read libvirt pool definitions from DIR\n"
     "                     (default /etc/libvirt/storage)\n"
     "  --pool NAME=PATH   add an ad-hoc dir pool (repeatable)\n"
+    "  --domain-dir DIR   read domain definitions from DIR (default /etc/libvirt/qemu\n"
+    "                     when no pool option is given)\n"
+    "  --run-dir DIR      read running domains' status files from DIR (default\n"
+    "                     /run/libvirt/qemu with the default domain folder)\n"
     "  -h, --help         show this help\n"
     "  --version          show the version\n"
     "\n"
@@ -63,6 +76,8 @@ constexpr const char* kUsage =
 struct Context {
   core::PoolCatalog catalog;
   core::ImageInspector inspector;
+  core::DomainSources domains;
+  bool domains_named = false;  // --domain-dir or --run-dir given
 };
 
 int UsageError(const std::string& message) {
@@ -373,9 +388,175 @@ int CmdRebase(Context& ctx, const std::vector<std::string>& args) {
   return kExitOk;
 }
 
+// Prints the lines a domain folder load skipped, when the user named it.
+void ReportSkipped(const Context& ctx, const core::DomainSet& set) {
+  if (!ctx.domains_named) return;
+  for (const std::string& line : set.skipped) {
+    std::fprintf(stderr, "chainctl: skipped %s\n", core::OneLine(line).c_str());
+  }
+}
+
+int CmdDomains(Context& ctx, const std::vector<std::string>& args) {
+  if (!args.empty()) return UsageError("domains: unexpected argument '" + args[0] + "'");
+  core::DomainSet set = core::LoadDomains(ctx.domains);
+  ReportSkipped(ctx, set);
+  std::string out;
+  for (const auto& [name, entry] : set.domains) out += core::RenderDomainLine(*entry);
+  return WriteOut(out) ? kExitOk : kExitError;
+}
+
+// Every disk chain of every domain and every volume chain of every pool,
+// for `users`.
+std::vector<core::ChainOwner> AllOwners(Context& ctx, const core::DomainSet& set) {
+  std::vector<core::ChainOwner> owners;
+  for (const auto& [name, entry] : set.domains) {
+    core::DiskContext dctx = core::MakeDiskContext(ctx.catalog, name);
+    for (const core::DiskDef& d : entry->def.disks) {
+      const core::DiskDef* shown = core::ShownDisk(*entry, d.target);
+      owners.push_back({name + "/" + d.target,
+                        std::make_shared<const Chain>(
+                            core::ResolveShownDisk(ctx.inspector, *entry, *shown, dctx))});
+    }
+  }
+  core::ResolveOptions opts;
+  opts.locate = ctx.catalog.MakeLocator();
+  for (const core::PoolDef& pool : ctx.catalog.Pools()) {
+    std::shared_ptr<const core::PoolScan> scan = ctx.catalog.Scan(pool.name);
+    if (!scan) continue;
+    for (const core::VolumeEntry& v : scan->volumes) {
+      owners.push_back({pool.name + "/" + v.name,
+                        std::make_shared<const Chain>(core::ResolveChain(ctx.inspector, v.path, opts))});
+    }
+  }
+  return owners;
+}
+
+int CmdUsers(Context& ctx, const std::vector<std::string>& args) {
+  if (args.size() != 1) return UsageError("users: expected exactly one IMAGE");
+  if (!args[0].empty() && args[0][0] == '-') return UsageError("users: unknown option '" + args[0] + "'");
+  std::string path = Absolute(args[0]);
+  core::Result<core::FileStat> st = core::StatPath(path);
+  if (!st.ok()) {
+    std::fprintf(stderr, "chainctl: %s\n", core::OneLine(st.status().message()).c_str());
+    return kExitError;
+  }
+  core::DomainSet set = core::LoadDomains(ctx.domains);
+  ReportSkipped(ctx, set);
+  std::optional<std::string> self = ctx.catalog.Locate(path);
+  std::vector<std::string> users =
+      core::UsersOf(AllOwners(ctx, set), st->id.dev, st->id.ino, self.value_or(""));
+  return WriteOut(core::RenderUsers(users)) ? kExitOk : kExitError;
+}
+
+int CmdDomain(Context& ctx, const std::vector<std::string>& args) {
+  std::string mode = "info";
+  std::vector<std::string> positional;
+  for (const std::string& a : args) {
+    if (a == "--json" || a == "--output=json") {
+      mode = "json";
+    } else if (a == "--xml") {
+      mode = "xml";
+    } else if (a == "--check") {
+      mode = "check";
+    } else if (!a.empty() && a[0] == '-') {
+      return UsageError("domain: unknown option '" + a + "'");
+    } else {
+      positional.push_back(a);
+    }
+  }
+  if (positional.empty() || positional.size() > 2) {
+    return UsageError("domain: expected NAME or FILE.xml, and optionally a TARGET");
+  }
+  const std::string& which = positional[0];
+  std::shared_ptr<const core::DomainEntry> entry;
+  const bool is_file = which.find('/') != std::string::npos ||
+                       (which.size() > 4 && which.substr(which.size() - 4) == ".xml");
+  if (is_file) {
+    core::Result<std::string> text = core::ReadSmallFile(which, core::kMaxDomainXmlBytes);
+    if (!text.ok()) {
+      std::fprintf(stderr, "chainctl: %s: %s\n", core::OneLine(which).c_str(),
+                   core::OneLine(text.status().message()).c_str());
+      return kExitError;
+    }
+    core::Result<core::DomainDef> def = core::ParseDomainXml(*text, Absolute(which));
+    if (!def.ok()) {
+      std::fprintf(stderr, "chainctl: %s: %s\n", core::OneLine(which).c_str(),
+                   core::OneLine(def.status().message()).c_str());
+      return kExitError;
+    }
+    core::DomainEntry e;
+    e.def = std::move(def).value();
+    entry = std::make_shared<const core::DomainEntry>(std::move(e));
+  } else {
+    core::DomainSet set = core::LoadDomains(ctx.domains);
+    ReportSkipped(ctx, set);
+    auto it = set.domains.find(which);
+    if (it == set.domains.end()) {
+      std::fprintf(stderr, "chainctl: no domain '%s' in %s\n", core::OneLine(which).c_str(),
+                   ctx.domains.domain_dir.empty() ? "(no domain folder)"
+                                                  : ctx.domains.domain_dir.c_str());
+      return kExitError;
+    }
+    entry = it->second;
+  }
+  std::vector<const core::DiskDef*> disks;
+  for (const core::DiskDef& d : entry->def.disks) {
+    if (positional.size() == 2 && d.target != positional[1]) continue;
+    disks.push_back(core::ShownDisk(*entry, d.target));
+  }
+  if (disks.empty()) {
+    if (positional.size() == 2) {
+      std::fprintf(stderr, "chainctl: domain '%s' has no disk '%s'\n",
+                   core::OneLine(entry->def.name).c_str(), core::OneLine(positional[1]).c_str());
+      return kExitError;
+    }
+    return kExitOk;
+  }
+  const bool one = positional.size() == 2;
+  core::DiskContext dctx = core::MakeDiskContext(ctx.catalog, entry->def.name);
+  std::string out;
+  bool healthy = true;
+  core::Json all = core::Json::MakeObject();
+  for (size_t k = 0; k < disks.size(); ++k) {
+    const core::DiskDef& disk = *disks[k];
+    Chain chain = core::ResolveShownDisk(ctx.inspector, *entry, disk, dctx);
+    healthy = healthy && chain.healthy();
+    if (mode == "xml") {
+      out += core::RenderDomainDiskXml(disk, chain);
+    } else if (mode == "json") {
+      if (one) {
+        out = core::RenderInfoJson(chain);
+      } else {
+        all.Set(disk.target, core::InfoJson(chain));
+      }
+    } else if (mode == "check") {
+      std::string text = core::RenderProblems(chain);
+      if (one) {
+        out += text;
+      } else {
+        size_t pos = 0;
+        while (pos < text.size()) {
+          size_t nl = text.find('\n', pos);
+          if (nl == std::string::npos) nl = text.size();
+          out += disk.target + " " + text.substr(pos, nl - pos) + "\n";
+          pos = nl + 1;
+        }
+      }
+    } else {
+      if (!one) out += (k ? "\n" : "") + fmt::format("[{}]\n", disk.target);
+      out += core::RenderInfoText(chain);
+    }
+  }
+  if (mode == "json" && !one) out = all.Dump(4) + "\n";
+  if (!WriteOut(out)) return kExitError;
+  if (mode == "check" && !healthy) return kExitProblems;
+  return kExitOk;
+}
+
 int Main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   core::PoolSources sources;
+  std::optional<std::string> domain_dir, run_dir;
   size_t i = 0;
   // Global options come before the command; `pools` also takes --pool-dir after it.
   auto take_global = [&](std::vector<std::string>& list, size_t& k, std::string* error) -> bool {
@@ -391,7 +572,17 @@ int Main(int argc, char** argv) {
       }
       return std::nullopt;
     };
-    if (a.rfind("--pool-dir", 0) == 0) {
+    if (a.rfind("--domain-dir", 0) == 0) {
+      if (auto v = value("--domain-dir")) {
+        domain_dir = *v;
+        return true;
+      }
+    } else if (a.rfind("--run-dir", 0) == 0) {
+      if (auto v = value("--run-dir")) {
+        run_dir = *v;
+        return true;
+      }
+    } else if (a.rfind("--pool-dir", 0) == 0) {
       if (auto v = value("--pool-dir")) {
         sources.pool_dir = *v;
         return true;
@@ -449,6 +640,14 @@ int Main(int argc, char** argv) {
     for (const std::string& line : load->skipped) std::fprintf(stderr, "chainctl: skipped %s\n", line.c_str());
   }
   ctx.catalog.SetPools(std::move(load->pools));
+  core::Status domains_named = core::CheckDomainSources(domain_dir, run_dir);
+  if (!domains_named.ok()) {
+    std::fprintf(stderr, "chainctl: %s\n", domains_named.message().c_str());
+    return 2;
+  }
+  ctx.domains = core::ChooseDomainSources(sources.pool_dir || !sources.pool_specs.empty(),
+                                          domain_dir, run_dir);
+  ctx.domains_named = domain_dir || run_dir;
 
   if (command == "info") return CmdInfo(ctx, rest);
   if (command == "chain") return CmdChain(ctx, rest);
@@ -459,6 +658,9 @@ int Main(int argc, char** argv) {
   if (command == "cat") return CmdCat(ctx, rest);
   if (command == "create") return CmdCreate(ctx, rest);
   if (command == "rebase") return CmdRebase(ctx, rest);
+  if (command == "domains") return CmdDomains(ctx, rest);
+  if (command == "domain") return CmdDomain(ctx, rest);
+  if (command == "users") return CmdUsers(ctx, rest);
   return UsageError("unknown command '" + command + "'");
 }
 

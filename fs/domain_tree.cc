@@ -1,0 +1,394 @@
+// The domains' view of the tree (DESIGN section 8): MOUNT/.domains, and
+// VOL/users. Tree methods; the dispatch is in fs/tree.cc.
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <charconv>
+
+#include "core/render/domain_render.h"
+#include "core/render/render.h"
+#include "fs/tree.h"
+
+namespace chainfs::fs {
+namespace {
+
+using core::Code;
+using core::Error;
+using core::Result;
+using core::Status;
+
+constexpr uint32_t kReadBits = S_IRUSR | S_IRGRP | S_IROTH;
+
+Status NotFound(const NodeKey& key) { return Error(Code::kNotFound, "{}: no such node", key.Path()); }
+
+bool Contains(const std::vector<std::string>& names, const std::string& name) {
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+std::optional<int> ParseIndex(const std::string& name) {
+  if (name.empty() || name.size() > 4 || (name.size() > 1 && name[0] == '0')) return std::nullopt;
+  int value = 0;
+  auto [ptr, ec] = std::from_chars(name.data(), name.data() + name.size(), value);
+  if (ec != std::errc() || ptr != name.data() + name.size() || value < 0) return std::nullopt;
+  return value;
+}
+
+// The chain cache key of a disk: the disk's XML as shown (a new definition
+// or a new start is a new entry) and whether drift is checked.
+std::string DiskCacheKey(const core::DomainEntry& entry, const core::DiskDef& disk,
+                         uint64_t pools_generation) {
+  std::string key = "domain\x1f" + entry.def.name + "\x1f" + disk.target + "\x1f";
+  key += entry.running() ? "live\x1f" : "defined\x1f";
+  if (disk.top.type == "volume") key += std::to_string(pools_generation) + "\x1f";
+  key += disk.xml;
+  return key;
+}
+
+}  // namespace
+
+Result<std::shared_ptr<const core::DomainEntry>> Tree::Domain(const std::string& name) {
+  if (!DomainsEnabled()) return Error(Code::kNotFound, "no domain folder is read");
+  std::shared_ptr<const core::DomainSet> set = domains_->Current();
+  for (const std::string& line : set->skipped) {
+    log_.AddOnce("domain-skip:" + line, "scan", "/.domains", "skipped", line);
+  }
+  auto it = set->domains.find(name);
+  if (it == set->domains.end()) return Error(Code::kNotFound, "no domain '{}'", name);
+  return it->second;
+}
+
+Result<Tree::DiskState> Tree::Disk(const std::string& domain, const std::string& target) {
+  Result<std::shared_ptr<const core::DomainEntry>> entry = Domain(domain);
+  if (!entry.ok()) return entry.status();
+  DiskState d;
+  d.entry = *entry;
+  d.disk = core::ShownDisk(*d.entry, target);
+  if (!d.disk) return Error(Code::kNotFound, "domain '{}' has no disk '{}'", domain, target);
+  std::shared_ptr<const core::DomainEntry> hold = d.entry;
+  const core::DiskDef* disk = d.disk;
+  d.snap = chains_.GetWith(DiskCacheKey(*d.entry, *d.disk, catalog_.generation()), [&] {
+    core::DiskContext ctx = core::MakeDiskContext(catalog_, domain);
+    return core::ResolveShownDisk(*inspector_, *hold, *disk, ctx);
+  });
+  return d;
+}
+
+Result<NodeKey> Tree::LookupDomainNode(const NodeKey& parent, const std::string& name) {
+  switch (parent.kind) {
+    case NodeKind::kDomainsDir: {
+      CHAINFS_RETURN_IF_ERROR(Domain(name).status());
+      return NodeKey{NodeKind::kDomainDir, name};
+    }
+    case NodeKind::kDomainDir: {
+      Result<std::shared_ptr<const core::DomainEntry>> entry = Domain(parent.pool);
+      if (!entry.ok()) return entry.status();
+      if (Contains(DomainFileNames(), name)) {
+        NodeKey key{NodeKind::kDomainFile, parent.pool};
+        key.file = name;
+        return key;
+      }
+      if (core::ShownDisk(**entry, name)) return NodeKey{NodeKind::kDiskDir, parent.pool, name};
+      break;
+    }
+    case NodeKind::kDiskDir: {
+      CHAINFS_RETURN_IF_ERROR(Disk(parent.pool, parent.volume).status());
+      if (name == kChainDirName) return NodeKey{NodeKind::kDiskChainDir, parent.pool, parent.volume};
+      if (!Contains(DiskFileNames(), name)) break;
+      NodeKey key{NodeKind::kDiskFile, parent.pool, parent.volume};
+      key.file = name;
+      return key;
+    }
+    case NodeKind::kDiskChainDir: {
+      std::optional<int> index = ParseIndex(name);
+      if (!index) break;
+      Result<DiskState> d = Disk(parent.pool, parent.volume);
+      if (!d.ok()) return d.status();
+      if (*index >= int(d->snap->chain().elements.size())) break;
+      return NodeKey{NodeKind::kDiskElementDir, parent.pool, parent.volume, *index};
+    }
+    case NodeKind::kDiskElementDir: {
+      Result<DiskState> d = Disk(parent.pool, parent.volume);
+      if (!d.ok()) return d.status();
+      if (parent.index >= int(d->snap->chain().elements.size())) break;
+      if (name == kVolumeLinkName) {
+        NodeKey key{NodeKind::kDiskElementLink, parent.pool, parent.volume, parent.index};
+        if (!DiskLinkTarget(key, *d->snap).ok()) break;
+        return key;
+      }
+      if (!Contains(DiskElementFileNames(), name)) break;
+      NodeKey key{NodeKind::kDiskElementFile, parent.pool, parent.volume, parent.index};
+      key.file = name;
+      return key;
+    }
+    default:
+      return Error(Code::kInvalidArgument, "{}: not a directory", parent.Path());
+  }
+  return Error(Code::kNotFound, "{}/{}: no such entry", parent.Path(), name);
+}
+
+Result<std::vector<DirEntry>> Tree::ListDomainNode(const NodeKey& key) {
+  std::vector<DirEntry> out;
+  switch (key.kind) {
+    case NodeKind::kDomainsDir: {
+      if (!DomainsEnabled()) return NotFound(key);
+      std::shared_ptr<const core::DomainSet> set = domains_->Current();
+      for (const std::string& line : set->skipped) {
+        log_.AddOnce("domain-skip:" + line, "scan", "/.domains", "skipped", line);
+      }
+      for (const auto& [name, entry] : set->domains) {
+        out.push_back({name, NodeKey{NodeKind::kDomainDir, name}});
+      }
+      return out;
+    }
+    case NodeKind::kDomainDir: {
+      Result<std::shared_ptr<const core::DomainEntry>> entry = Domain(key.pool);
+      if (!entry.ok()) return entry.status();
+      for (const std::string& name : DomainFileNames()) {
+        NodeKey f{NodeKind::kDomainFile, key.pool};
+        f.file = name;
+        out.push_back({name, f});
+      }
+      for (const core::DiskDef& d : (*entry)->def.disks) {
+        out.push_back({d.target, NodeKey{NodeKind::kDiskDir, key.pool, d.target}});
+      }
+      return out;
+    }
+    case NodeKind::kDiskDir: {
+      CHAINFS_RETURN_IF_ERROR(Disk(key.pool, key.volume).status());
+      for (const std::string& name : DiskFileNames()) {
+        NodeKey f{NodeKind::kDiskFile, key.pool, key.volume};
+        f.file = name;
+        out.push_back({name, f});
+      }
+      out.push_back({kChainDirName, NodeKey{NodeKind::kDiskChainDir, key.pool, key.volume}});
+      return out;
+    }
+    case NodeKind::kDiskChainDir: {
+      Result<DiskState> d = Disk(key.pool, key.volume);
+      if (!d.ok()) return d.status();
+      for (size_t i = 0; i < d->snap->chain().elements.size(); ++i) {
+        out.push_back(
+            {std::to_string(i), NodeKey{NodeKind::kDiskElementDir, key.pool, key.volume, int(i)}});
+      }
+      return out;
+    }
+    case NodeKind::kDiskElementDir: {
+      Result<DiskState> d = Disk(key.pool, key.volume);
+      if (!d.ok()) return d.status();
+      if (key.index >= int(d->snap->chain().elements.size())) return NotFound(key);
+      for (const std::string& name : DiskElementFileNames()) {
+        NodeKey f{NodeKind::kDiskElementFile, key.pool, key.volume, key.index};
+        f.file = name;
+        out.push_back({name, f});
+      }
+      NodeKey link{NodeKind::kDiskElementLink, key.pool, key.volume, key.index};
+      if (DiskLinkTarget(link, *d->snap).ok()) out.push_back({kVolumeLinkName, link});
+      return out;
+    }
+    default:
+      return Error(Code::kInvalidArgument, "{}: not a directory", key.Path());
+  }
+}
+
+Result<std::string> Tree::DiskLinkTarget(const NodeKey& key, const ChainSnapshot& snap) {
+  const core::Chain& chain = snap.chain();
+  if (key.index < 0 || key.index >= int(chain.elements.size())) return NotFound(key);
+  const core::ChainElement& e = chain.elements[key.index];
+  if (e.network || e.path.empty() || e.path[0] != '/') return NotFound(key);
+  std::optional<std::string> located = catalog_.Locate(e.path);
+  if (!located) return NotFound(key);
+  return "../../../../../" + *located;
+}
+
+Result<std::string> Tree::RenderDomainNode(const NodeKey& key) {
+  switch (key.kind) {
+    case NodeKind::kDomainFile: {
+      Result<std::shared_ptr<const core::DomainEntry>> entry = Domain(key.pool);
+      if (!entry.ok()) return entry.status();
+      const core::DomainEntry& e = **entry;
+      if (key.file == "state") return core::RenderDomainState(e);
+      if (key.file == "uuid") return core::RenderDomainUuid(e);
+      if (key.file == "domain.xml") return e.def.xml;
+      return NotFound(key);
+    }
+    case NodeKind::kDiskFile:
+    case NodeKind::kDiskElementFile: {
+      Result<DiskState> d = Disk(key.pool, key.volume);
+      if (!d.ok()) return d.status();
+      const core::Chain& chain = d->snap->chain();
+      const core::DiskDef& disk = *d->disk;
+      if (key.kind == NodeKind::kDiskElementFile) {
+        if (key.index < 0 || key.index >= int(chain.elements.size())) return NotFound(key);
+        const core::ChainElement& e = chain.elements[size_t(key.index)];
+        if (key.file == "origin") return core::RenderElementOrigin(e);
+        if (key.file == "index") return core::RenderElementIndex(chain, size_t(key.index));
+        return core::RenderElementField(e, key.file);
+      }
+      const std::string& f = key.file;
+      return d->snap->Rendered(f, [&]() -> std::string {
+        if (f == "info") return core::RenderInfoText(chain);
+        if (f == "info.json") return core::RenderInfoJson(chain);
+        if (f == "problems") return core::RenderProblems(chain);
+        if (f == "disk.xml") return core::RenderDomainDiskXml(disk, chain);
+        return core::RenderDiskField(disk, chain, f);
+      });
+    }
+    default:
+      return Error(Code::kInvalidArgument, "{}: not a regular file", key.Path());
+  }
+}
+
+Result<NodeAttr> Tree::DomainNodeAttr(const NodeKey& key) {
+  NodeAttr a;
+  a.uid = owner_uid_;
+  a.gid = owner_gid_;
+  a.atime = a.mtime = a.ctime = mount_time_;
+  if (key.kind == NodeKind::kDomainsDir) {
+    if (!DomainsEnabled()) return NotFound(key);
+    a.mode = S_IFDIR | 0555;
+    return a;
+  }
+  Result<std::shared_ptr<const core::DomainEntry>> entry = Domain(key.pool);
+  if (!entry.ok()) return entry.status();
+  // Everything of a domain takes the owner and read bits of its
+  // definition file: libvirt keeps it private to root (it may hold
+  // passwords and secrets' names).
+  uint32_t bits = kReadBits;
+  if (Result<core::FileStat> st = core::StatPath((*entry)->def.origin); st.ok()) {
+    a.uid = st->uid;
+    a.gid = st->gid;
+    a.mtime = a.ctime = st->mtime;
+    bits = st->mode & kReadBits;
+  }
+  const uint32_t dir_mode = S_IFDIR | bits | (bits >> 2);
+  Result<std::string> text = Error(Code::kNotFound, "");
+  switch (key.kind) {
+    case NodeKind::kDomainDir:
+    case NodeKind::kDiskDir:
+    case NodeKind::kDiskChainDir:
+    case NodeKind::kDiskElementDir:
+      if (key.kind != NodeKind::kDomainDir) {
+        Result<DiskState> d = Disk(key.pool, key.volume);
+        if (!d.ok()) return d.status();
+        if (key.kind == NodeKind::kDiskElementDir &&
+            key.index >= int(d->snap->chain().elements.size())) {
+          return NotFound(key);
+        }
+        if (key.kind == NodeKind::kDiskChainDir) {
+          a.content = std::to_string(d->snap->chain().elements.size());
+        }
+      }
+      a.mode = dir_mode;
+      return a;
+    case NodeKind::kDiskElementLink: {
+      Result<DiskState> d = Disk(key.pool, key.volume);
+      if (!d.ok()) return d.status();
+      Result<std::string> target = DiskLinkTarget(key, *d->snap);
+      if (!target.ok()) return target.status();
+      a.mode = S_IFLNK | 0777;
+      a.size = target->size();
+      return a;
+    }
+    default:
+      text = RenderDomainNode(key);
+      break;
+  }
+  if (!text.ok()) return text.status();
+  a.mode = S_IFREG | bits;
+  a.size = text->size();
+  a.content = std::move(text).value();
+  return a;
+}
+
+Status Tree::CheckDomainAccess(const NodeKey& key, const Caller& caller) {
+  if (key.kind == NodeKind::kDomainsDir || caller.uid == 0) return Status::Ok();
+  Result<std::shared_ptr<const core::DomainEntry>> entry = Domain(key.pool);
+  if (!entry.ok()) return entry.status();
+  Result<core::FileStat> st = core::StatPath((*entry)->def.origin);
+  if (!st.ok() || !CallerCanRead(caller, st->uid, st->gid, st->mode)) {
+    return Error(Code::kPermissionDenied, "uid {} may not read the definition of domain '{}'",
+                 caller.uid, key.pool);
+  }
+  if (key.kind == NodeKind::kDomainFile || key.kind == NodeKind::kDomainDir) return Status::Ok();
+  Result<DiskState> d = Disk(key.pool, key.volume);
+  if (!d.ok()) return d.status();
+  const core::Chain& chain = d->snap->chain();
+  size_t count = chain.elements.size();
+  if (key.kind == NodeKind::kDiskElementFile || key.kind == NodeKind::kDiskElementLink) {
+    count = std::min<size_t>(size_t(std::max(key.index, 0)) + 1, count);
+  }
+  for (size_t i = 0; i < count; ++i) {
+    const core::ChainElement& e = chain.elements[i];
+    if (!e.stat) continue;
+    if (!CallerCanRead(caller, e.stat->uid, e.stat->gid, e.stat->mode)) {
+      return Error(Code::kPermissionDenied, "uid {} may not read {} (chain element {})", caller.uid,
+                   e.path, i);
+    }
+  }
+  return Status::Ok();
+}
+
+std::vector<Tree::DomainUse> Tree::DomainUsers(const std::string& path) {
+  std::vector<DomainUse> out;
+  if (!DomainsEnabled()) return out;
+  Result<core::FileStat> st = core::StatPath(path);
+  if (!st.ok()) return out;
+  std::shared_ptr<const core::DomainSet> set = domains_->Current();
+  for (const auto& [name, entry] : set->domains) {
+    for (const core::DiskDef& disk : entry->def.disks) {
+      Result<DiskState> d = Disk(name, disk.target);
+      if (!d.ok()) continue;
+      bool uses = false;
+      for (const core::ChainElement& e : d->snap->chain().elements) {
+        if (e.stat && e.stat->id.dev == st->id.dev && e.stat->id.ino == st->id.ino) uses = true;
+      }
+      // A running domain's definition may name another chain for its next
+      // start: both count.
+      if (!uses && entry->running()) {
+        core::DiskContext ctx = core::MakeDiskContext(catalog_, name);
+        core::Chain next = core::ResolveDiskChain(*inspector_, disk, ctx);
+        for (const core::ChainElement& e : next.elements) {
+          if (e.stat && e.stat->id.dev == st->id.dev && e.stat->id.ino == st->id.ino) uses = true;
+        }
+      }
+      if (uses) {
+        out.push_back({name, disk.target, entry->running(), entry->defined ? entry->def.origin : ""});
+      }
+    }
+  }
+  return out;
+}
+
+Result<std::string> Tree::RenderVolumeUsers(const std::string& pool, const std::string& volume) {
+  Result<std::shared_ptr<const core::VolumeEntry>> v = Volume(pool, volume);
+  if (!v.ok()) return v.status();
+  Result<core::FileStat> st = core::StatPath((*v)->path);
+  if (!st.ok()) return st.status();
+  std::vector<core::ChainOwner> owners;
+  for (const DomainUse& use : DomainUsers((*v)->path)) {
+    owners.push_back({use.domain + "/" + use.target, nullptr});
+  }
+  std::vector<std::string> users;
+  for (const core::ChainOwner& o : owners) users.push_back(o.name);
+  for (const core::PoolDef& p : catalog_.Pools()) {
+    if (!p.Browsable()) continue;
+    std::shared_ptr<const core::PoolScan> scan = catalog_.Scan(p.name);
+    if (!scan) continue;
+    for (const core::VolumeEntry& other : scan->volumes) {
+      if (p.name == pool && other.name == volume) continue;
+      if (IsReservedPoolEntry(other.name)) continue;
+      std::shared_ptr<const ChainSnapshot> snap = chains_.Get(other.path);
+      const core::Chain& chain = snap->chain();
+      for (size_t i = 1; i < chain.elements.size(); ++i) {
+        const core::ChainElement& e = chain.elements[i];
+        if (e.stat && e.stat->id.dev == st->id.dev && e.stat->id.ino == st->id.ino) {
+          users.push_back(p.name + "/" + other.name);
+          break;
+        }
+      }
+    }
+  }
+  return core::RenderUsers(users);
+}
+
+}  // namespace chainfs::fs
