@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -43,6 +44,10 @@ constexpr const char* kDriverDirs[] = {
     "/usr/lib/libvirt/connection-driver",
 };
 constexpr auto kStopGrace = std::chrono::seconds(30);
+// Taken by every fixture for its lifetime: test processes that ctest runs in parallel take
+// turns instead of seeing each other's libvirtd as foreign (and skipping).
+constexpr const char* kLockFile = "/run/lock/chainfs-libvirt-test.lock";
+constexpr auto kLockWait = std::chrono::seconds(900);
 
 bool Exists(const std::string& path) {
   struct stat st;
@@ -161,8 +166,8 @@ void RemoveStalePidfile(const std::string& path, pid_t pid) {
 }
 
 std::vector<std::string> VirshArgv(std::chrono::seconds timeout) {
-  return {"env",      "LC_ALL=C", "timeout", "-k", "10", std::to_string(timeout.count()),
-          kVirsh,     "-c",       kUri};
+  return {"env",  "LC_ALL=C", "timeout", "-k", "10", std::to_string(timeout.count()),
+          kVirsh, "-c",       kUri};
 }
 
 }  // namespace
@@ -221,6 +226,16 @@ void LibvirtDaemon::Bring(std::chrono::seconds ready_timeout) {
   if (driver_dir.empty()) {
     return Decline("libvirt_driver_qemu.so not found (package libvirt-daemon-driver-qemu)");
   }
+  lock_fd_ = ::open(kLockFile, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd_ < 0) return Fail(std::string("open ") + kLockFile + ": " + std::strerror(errno));
+  const auto lock_deadline = Clock::now() + kLockWait;
+  while (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    if (Clock::now() > lock_deadline) {
+      return Fail(std::string("another test's libvirtd held ") + kLockFile + " for " +
+                  std::to_string(kLockWait.count()) + " s");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
   std::string other = RunningLibvirtDaemon();
   if (!other.empty()) {
     return Decline("a " + other + " that this test did not start is running; not touching it");
@@ -271,8 +286,8 @@ void LibvirtDaemon::Bring(std::chrono::seconds ready_timeout) {
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
   }
   Fail("`virsh -c qemu:///system version` did not answer within " +
-       std::to_string(ready_timeout.count()) + " s: " + last.err + "\nlibvirtd log: " +
-       LibvirtdLogTail());
+       std::to_string(ready_timeout.count()) + " s: " + last.err +
+       "\nlibvirtd log: " + LibvirtdLogTail());
 }
 
 LibvirtDaemon::~LibvirtDaemon() {
@@ -293,6 +308,7 @@ LibvirtDaemon::~LibvirtDaemon() {
     ::unlink(("/var/log/libvirt/qemu/" + name + ".log").c_str());
   }
   if (!work_dir_.empty()) RemoveTree(work_dir_);
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
 }
 
 RunResult LibvirtDaemon::Virsh(const std::vector<std::string>& args,
@@ -363,9 +379,7 @@ RunResult LibvirtDaemon::StartDomain(const std::string& name) const {
   return Virsh({"start", name});
 }
 
-RunResult LibvirtDaemon::Destroy(const std::string& name) const {
-  return Virsh({"destroy", name});
-}
+RunResult LibvirtDaemon::Destroy(const std::string& name) const { return Virsh({"destroy", name}); }
 
 RunResult LibvirtDaemon::Undefine(const std::string& name) {
   RunResult r = Virsh({"undefine", name});

@@ -17,7 +17,8 @@
 // The daemons run as plain child processes (no systemd), with only the qemu, storage and
 // secret connection drivers loaded (LIBVIRT_DRIVER_DIR), so that no network is autostarted
 // and no firewall rule is touched. A libvirtd, virtqemud or virtlogd already running on the
-// machine is never touched: the fixture then declines (skip) and says why.
+// machine is never touched: the fixture then declines (skip) and says why. Fixtures of
+// parallel test processes take turns (an flock on /run/lock/chainfs-libvirt-test.lock).
 //
 // libvirtd re-probes QEMU at every capability lookup (a define costs 36 s instead of 0.03 s)
 // when /dev/kvm works for QEMU's probe but the qemu user may not open it: the fixture gives
@@ -132,6 +133,7 @@ class LibvirtDaemon {
   pid_t libvirtd_pid_ = -1;
   std::vector<std::string> domains_;
   int xml_counter_ = 0;
+  int lock_fd_ = -1;          // flock on kLockFile, held for the fixture's lifetime
   bool kvm_changed_ = false;  // /dev/kvm's owner and mode to restore
   uid_t kvm_uid_ = 0;
   gid_t kvm_gid_ = 0;
@@ -142,11 +144,11 @@ class LibvirtDaemon {
 
 // Skips (declined) or fails (failed) the current test unless `daemon` (a
 // std::unique_ptr<LibvirtDaemon>) is ready. Use in SetUp() or a TEST body.
-#define CHAINFS_REQUIRE_LIBVIRT(daemon)                                                   \
-  do {                                                                                    \
-    if ((daemon) == nullptr) FAIL() << "LibvirtDaemon was not started (SetUpTestSuite)";  \
-    if ((daemon)->state() == ::chainfs::testutil::LibvirtDaemon::State::kDeclined)        \
-      GTEST_SKIP() << "no libvirtd for this test: " << (daemon)->reason();                \
-    if ((daemon)->state() == ::chainfs::testutil::LibvirtDaemon::State::kFailed)          \
-      FAIL() << "libvirtd did not come up: " << (daemon)->reason();                        \
+#define CHAINFS_REQUIRE_LIBVIRT(daemon)                                                  \
+  do {                                                                                   \
+    if ((daemon) == nullptr) FAIL() << "LibvirtDaemon was not started (SetUpTestSuite)"; \
+    if ((daemon)->state() == ::chainfs::testutil::LibvirtDaemon::State::kDeclined)       \
+      GTEST_SKIP() << "no libvirtd for this test: " << (daemon)->reason();               \
+    if ((daemon)->state() == ::chainfs::testutil::LibvirtDaemon::State::kFailed)         \
+      FAIL() << "libvirtd did not come up: " << (daemon)->reason();                      \
   } while (0)
