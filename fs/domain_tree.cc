@@ -73,6 +73,16 @@ Result<Tree::DiskState> Tree::Disk(const std::string& domain, const std::string&
   return d;
 }
 
+std::vector<int> Tree::DiskIndexes(const DiskState& d) {
+  if (!d.entry || !d.disk) return {};
+  if (d.entry->running()) return {};  // the status file's own indexes
+  return core::DomainIndexes(d.entry->def, d.disk->target, [&](const core::DiskDef& other) {
+    if (other.target == d.disk->target) return core::ShownBackingCount(d.snap->chain());
+    Result<DiskState> o = Disk(d.entry->def.name, other.target);
+    return o.ok() ? core::ShownBackingCount(o->snap->chain()) : size_t(0);
+  });
+}
+
 Result<NodeKey> Tree::LookupDomainNode(const NodeKey& parent, const std::string& name) {
   switch (parent.kind) {
     case NodeKind::kDomainsDir: {
@@ -221,15 +231,23 @@ Result<std::string> Tree::RenderDomainNode(const NodeKey& key) {
         if (key.index < 0 || key.index >= int(chain.elements.size())) return NotFound(key);
         const core::ChainElement& e = chain.elements[size_t(key.index)];
         if (key.file == "origin") return core::RenderElementOrigin(e);
-        if (key.file == "index") return core::RenderElementIndex(chain, size_t(key.index));
+        if (key.file == "index") {
+          return core::RenderElementIndex(chain, size_t(key.index), DiskIndexes(*d));
+        }
         return core::RenderElementField(e, key.file);
       }
       const std::string& f = key.file;
+      if (f == "disk.xml") {
+        // Numbered across the domain's disks: memoized with the numbers.
+        std::vector<int> indexes = DiskIndexes(*d);
+        std::string memo = "disk.xml";
+        for (int i : indexes) memo += "," + std::to_string(i);
+        return d->snap->Rendered(memo, [&] { return core::RenderDomainDiskXml(disk, chain, indexes); });
+      }
       return d->snap->Rendered(f, [&]() -> std::string {
         if (f == "info") return core::RenderInfoText(chain);
         if (f == "info.json") return core::RenderInfoJson(chain);
         if (f == "problems") return core::RenderProblems(chain);
-        if (f == "disk.xml") return core::RenderDomainDiskXml(disk, chain);
         return core::RenderDiskField(disk, chain, f);
       });
     }

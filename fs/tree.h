@@ -140,6 +140,8 @@ class Tree {
   };
   core::Result<std::shared_ptr<const core::DomainEntry>> Domain(const std::string& name);
   core::Result<DiskState> Disk(const std::string& domain, const std::string& target);
+  // The live-XML indexes of the elements of disk `d` (core::DomainIndexes).
+  std::vector<int> DiskIndexes(const DiskState& d);
   core::Result<NodeKey> LookupDomainNode(const NodeKey& parent, const std::string& name);
   core::Result<std::vector<DirEntry>> ListDomainNode(const NodeKey& key);
   core::Result<NodeAttr> DomainNodeAttr(const NodeKey& key);

@@ -13,6 +13,8 @@ namespace chainfs::core {
 namespace {
 
 constexpr size_t kMaxEchoedName = 256;
+constexpr const char* kKbaseSuffix =
+    " (See https://libvirt.org/kbase/backing_chains.html for troubleshooting)";
 std::string Name(std::string_view s) { return ShortToken(s, kMaxEchoedName); }
 std::string Token(std::string_view s) { return ShortToken(s); }
 
@@ -145,6 +147,10 @@ class DiskWalker {
     Chain walked = ContinueChain(insp_, std::move(chain_), options);
     chain_ = std::move(walked);
     if (!healthy_before) chain_.complete = false;
+    for (Problem& p : chain_.problems) {
+      // libvirt 9.0 ends this message with a pointer to its kbase.
+      if (p.kind == ProblemKind::kMissingBackingFormat) p.message += kKbaseSuffix;
+    }
     AddDomainFixes(given);
     return std::move(chain_);
   }

@@ -73,9 +73,57 @@ pugi::xml_node AppendExplicit(pugi::xml_node parent, pugi::xml_node given, int i
   return b;
 }
 
+// Removes libvirt's private status data (<privateData>: node names, the
+// relative path) wherever it sits: virsh dumpxml never shows it.
+void StripPrivateData(pugi::xml_node node) {
+  for (pugi::xml_node c = node.first_child(); c;) {
+    pugi::xml_node next = c.next_sibling();
+    if (std::string_view(c.name()) == "privateData") {
+      node.remove_child(c);
+    } else {
+      StripPrivateData(c);
+    }
+    c = next;
+  }
+}
+
 }  // namespace
 
-std::string RenderDomainDiskXml(const DiskDef& disk, const Chain& chain) {
+size_t ShownBackingCount(const Chain& chain) {
+  size_t n = 0;
+  for (size_t i = 1; i < chain.elements.size() && Shown(chain.elements[i]); ++i) ++n;
+  return n;
+}
+
+std::vector<int> DomainIndexes(const DomainDef& def, const std::string& target,
+                               const std::function<size_t(const DiskDef&)>& backing_count) {
+  std::vector<const DiskDef*> located;
+  for (const DiskDef& d : def.disks) {
+    if (d.top.HasLocation()) located.push_back(&d);
+  }
+  std::vector<int> out;
+  const int tops = int(located.size());
+  int top_index = 0, first_backing = tops + 1;
+  size_t own = 0;
+  bool found = false;
+  for (size_t k = located.size(); k-- > 0;) {
+    const DiskDef& d = *located[k];
+    if (d.target == target) {
+      top_index = tops - int(k);
+      own = backing_count(d);
+      found = true;
+      break;
+    }
+    first_backing += int(backing_count(d));
+  }
+  if (!found) return out;
+  out.push_back(top_index);
+  for (size_t i = 0; i < own; ++i) out.push_back(first_backing + int(i));
+  return out;
+}
+
+std::string RenderDomainDiskXml(const DiskDef& disk, const Chain& chain,
+                                const std::vector<int>& indexes) {
   pugi::xml_document in;
   if (!in.load_buffer(disk.xml.data(), disk.xml.size())) return "";
   pugi::xml_node given = in.document_element();
@@ -88,7 +136,8 @@ std::string RenderDomainDiskXml(const DiskDef& disk, const Chain& chain) {
   const bool live_indexes = !chain.elements.empty() && chain.elements[0].xml_index.has_value();
   auto index_of = [&](size_t i) {
     const ChainElement& e = chain.elements[i];
-    return live_indexes && e.xml_index ? *e.xml_index : int(i) + 1;
+    if (live_indexes && e.xml_index) return *e.xml_index;
+    return i < indexes.size() ? indexes[i] : int(i) + 1;
   };
 
   bool placed = false;
@@ -128,6 +177,7 @@ std::string RenderDomainDiskXml(const DiskDef& disk, const Chain& chain) {
     }
   }
   if (!placed) place_chain();
+  StripPrivateData(out);
   return render_internal::SaveXml(doc);
 }
 
@@ -151,11 +201,11 @@ std::string RenderElementOrigin(const ChainElement& element) {
   return element.origin == ElementOrigin::kXml ? "xml\n" : "metadata\n";
 }
 
-std::string RenderElementIndex(const Chain& chain, size_t i) {
+std::string RenderElementIndex(const Chain& chain, size_t i, const std::vector<int>& indexes) {
   if (i >= chain.elements.size()) return "";
   const bool live = chain.elements[0].xml_index.has_value();
   const ChainElement& e = chain.elements[i];
-  int index = live && e.xml_index ? *e.xml_index : int(i) + 1;
+  int index = live && e.xml_index ? *e.xml_index : i < indexes.size() ? indexes[i] : int(i) + 1;
   return fmt::format("{}\n", index);
 }
 

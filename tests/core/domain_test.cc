@@ -283,7 +283,8 @@ TEST_F(DomainTest, MissingBackingFormatHasLibvirtsMessageAndBothFixes) {
   const Problem& p = c.problems[0];
   EXPECT_EQ(p.kind, ProblemKind::kMissingBackingFormat);
   EXPECT_EQ(p.message, "format of backing image 'mid.qcow2' of image '" + P("top.qcow2") +
-                           "' was not specified in the image metadata");
+                           "' was not specified in the image metadata (See "
+                           "https://libvirt.org/kbase/backing_chains.html for troubleshooting)");
   EXPECT_NE(p.fix.find("qemu-img rebase -u -f qcow2 -F qcow2 -b mid.qcow2"), std::string::npos)
       << p.fix;
   EXPECT_NE(p.fix.find("virsh edit d"), std::string::npos) << p.fix;

@@ -75,7 +75,13 @@ TEST_F(MountDomainsTest, ShowsDomainsDisksAndChainsAsChainctlDoes) {
   EXPECT_EQ(ReadFile(M(".domains/vm1/vda/chain/0/origin")), "xml\n");
   EXPECT_EQ(ReadFile(M(".domains/vm1/vda/chain/1/origin")), "metadata\n");
   EXPECT_EQ(ReadFile(M(".domains/vm1/vda/chain/2/path")), P("base.raw") + "\n");
-  EXPECT_EQ(ReadFile(M(".domains/vm1/vda/chain/2/index")), "3\n");
+  // libvirt 9.0 numbers the tops first, in reverse document order (vdb 1,
+  // vda 2), then the backing elements (vda's: 3, 4).
+  EXPECT_EQ(ReadFile(M(".domains/vm1/vdb/chain/0/index")), "1\n");
+  EXPECT_EQ(ReadFile(M(".domains/vm1/vda/chain/0/index")), "2\n");
+  EXPECT_EQ(ReadFile(M(".domains/vm1/vda/chain/2/index")), "4\n");
+  EXPECT_NE(ReadFile(M(".domains/vm1/vda/disk.xml")).find("<backingStore type='file' index='4'>"),
+            std::string::npos);
   char link[4096];
   ssize_t n = ::readlink(M(".domains/vm1/vda/chain/1/volume").c_str(), link, sizeof(link));
   ASSERT_GT(n, 0);
@@ -100,7 +106,9 @@ TEST_F(MountDomainsTest, ProblemsCarryLibvirtsMessageAndCheckExitsOne) {
   ASSERT_TRUE(MountDomains());
   std::string problems = ReadFile(M(".domains/vm1/vda/problems"));
   EXPECT_EQ(problems.rfind("1: format of backing image 'mid.qcow2' of image '" + P("top.qcow2") +
-                               "' was not specified in the image metadata -- fix: echo qcow2 > "
+                               "' was not specified in the image metadata (See "
+                               "https://libvirt.org/kbase/backing_chains.html for "
+                               "troubleshooting) -- fix: echo qcow2 > "
                                "p/top.qcow2/backing_format, or qemu-img rebase -u",
                            0),
             0u)

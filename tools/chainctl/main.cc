@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -517,12 +518,24 @@ int CmdDomain(Context& ctx, const std::vector<std::string>& args) {
   std::string out;
   bool healthy = true;
   core::Json all = core::Json::MakeObject();
+  // Every disk's chain: the live-XML numbering counts across them.
+  std::map<std::string, Chain> chains;
+  for (const core::DiskDef& d : entry->def.disks) {
+    const core::DiskDef* shown = core::ShownDisk(*entry, d.target);
+    chains.emplace(d.target, core::ResolveShownDisk(ctx.inspector, *entry, *shown, dctx));
+  }
   for (size_t k = 0; k < disks.size(); ++k) {
     const core::DiskDef& disk = *disks[k];
-    Chain chain = core::ResolveShownDisk(ctx.inspector, *entry, disk, dctx);
+    const Chain& chain = chains.at(disk.target);
     healthy = healthy && chain.healthy();
     if (mode == "xml") {
-      out += core::RenderDomainDiskXml(disk, chain);
+      std::vector<int> indexes;
+      if (!entry->running()) {
+        indexes = core::DomainIndexes(entry->def, disk.target, [&](const core::DiskDef& d) {
+          return core::ShownBackingCount(chains.at(d.target));
+        });
+      }
+      out += core::RenderDomainDiskXml(disk, chain, indexes);
     } else if (mode == "json") {
       if (one) {
         out = core::RenderInfoJson(chain);
