@@ -205,6 +205,31 @@ TEST_F(MountDomainsTest, RmdirAndMvOfAnImageADomainUsesAreRefused) {
   EXPECT_EQ(::rmdir(M("p/spare.raw").c_str()), 0);
 }
 
+TEST_F(MountDomainsTest, VolumeDisksResolveThroughThePoolsAndFilesAreReadDirectly) {
+  MakeChain();
+  std::string disk =
+      "    <disk type='volume' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n"
+      "      <source pool='p' volume='top.qcow2'/>\n      <target dev='vda' bus='virtio'/>\n"
+      "    </disk>\n"
+      "    <disk type='volume' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n"
+      "      <source pool='nopool' volume='x.qcow2'/>\n      <target dev='vdb' bus='virtio'/>\n"
+      "    </disk>\n";
+  Put(etc_, "vm1.xml", Domain("vm1", disk));
+  ASSERT_TRUE(MountDomains());
+  EXPECT_EQ(ReadFile(M(".domains/vm1/vda/type")), "volume\n");
+  EXPECT_EQ(ReadFile(M(".domains/vm1/vda/source")), "p/top.qcow2\n");
+  EXPECT_EQ(ReadFile(M(".domains/vm1/vda/problems")), "");
+  EXPECT_EQ(ReadFile(M(".domains/vm1/vda/chain/0/path")), P("top.qcow2") + "\n");
+  EXPECT_EQ(ReadFile(M(".domains/vm1/vda/chain/2/path")), P("base.raw") + "\n");
+  EXPECT_EQ(ReadFile(M(".domains/vm1/vdb/problems")),
+            "0: Storage pool not found: no storage pool with matching name 'nopool' -- fix: "
+            "define the pool and volume, or point the disk at a file\n");
+  // chainctl reads a definition file directly, as shut off.
+  EXPECT_EQ(Ctl({"domain", etc_ + "/vm1.xml", "vda", "--xml"}),
+            ReadFile(M(".domains/vm1/vda/disk.xml")));
+  EXPECT_EQ(ReadFile(M("p/mid.qcow2/users")), "vm1/vda\np/top.qcow2\n");
+}
+
 TEST_F(MountDomainsTest, BadDefinitionsAreSkippedAndLogged) {
   MakeChain();
   Put(etc_, "good.xml", Domain("good", FileDisk("vda", P("top.qcow2"), "qcow2")));
