@@ -96,6 +96,22 @@ size_t ElementDrawsOn(int index, size_t chain_size) {
   return std::min<size_t>(size_t(std::max(index, 0)) + 1, chain_size);
 }
 
+// Returns true if a directory volume (a subdirectory of a dir pool, libvirt's
+// volume type 'dir') has file `name`: the one-value files and the documents
+// that describe it. It has no chain/, and no disk.xml or rebase: no image.
+bool DirVolumeHasFile(const std::string& name) {
+  static const std::vector<std::string> names = {
+      "allocation", "backing",  "backing_format", "capacity",  "format",
+      "info",       "info.json", "problems",      "volume.xml"};
+  return Contains(names, name);
+}
+
+// Returns true if `chain` describes a directory volume (core::DirVolumeChain).
+bool IsDirVolumeChain(const core::Chain& chain) {
+  return !chain.elements.empty() && chain.elements[0].stat &&
+         S_ISDIR(chain.elements[0].stat->mode);
+}
+
 }  // namespace
 
 bool CallerCanRead(const Caller& caller, uint32_t uid, uint32_t gid, uint32_t mode) {
@@ -134,6 +150,13 @@ Result<std::shared_ptr<const ChainSnapshot>> Tree::VolumeChain(const std::string
                                                                const std::string& volume) {
   Result<std::shared_ptr<const core::VolumeEntry>> entry = Volume(pool, volume);
   if (!entry.ok()) return entry.status();
+  if ((*entry)->IsDir()) {
+    // Nothing to resolve: described from the scan entry, anew at each access
+    // (never watched: inotify on the pool does not see the folder's times).
+    return std::make_shared<const ChainSnapshot>(
+        core::DirVolumeChain(**entry),
+        std::vector<std::optional<core::FileIdentity>>{(*entry)->stat.id});
+  }
   std::shared_ptr<const ChainSnapshot> snap = chains_.Get((*entry)->path);
   if (snap->chain().elements.empty()) {
     return Error(Code::kNotFound, "{}: no longer a volume", (*entry)->path);
@@ -209,9 +232,13 @@ Result<NodeKey> Tree::Lookup(const NodeKey& parent, const std::string& name) {
       return NodeKey{NodeKind::kVolumeDir, parent.pool, name};
     }
     case NodeKind::kVolumeDir: {
-      CHAINFS_RETURN_IF_ERROR(Volume(parent.pool, parent.volume).status());
-      if (name == kChainDirName) return NodeKey{NodeKind::kChainDir, parent.pool, parent.volume};
-      if (!Contains(VolumeFileNames(), name)) break;
+      auto v = Volume(parent.pool, parent.volume);
+      if (!v.ok()) return v.status();
+      const bool dir_volume = (*v)->IsDir();
+      if (name == kChainDirName && !dir_volume) {
+        return NodeKey{NodeKind::kChainDir, parent.pool, parent.volume};
+      }
+      if (!Contains(VolumeFileNames(), name) || (dir_volume && !DirVolumeHasFile(name))) break;
       NodeKey key{NodeKind::kVolumeFile, parent.pool, parent.volume};
       key.file = name;
       return key;
@@ -221,6 +248,7 @@ Result<NodeKey> Tree::Lookup(const NodeKey& parent, const std::string& name) {
       if (!index) break;
       auto snap = VolumeChain(parent.pool, parent.volume);
       if (!snap.ok()) return snap.status();
+      if (IsDirVolumeChain((*snap)->chain())) break;
       if (*index >= int((*snap)->chain().elements.size())) break;
       NodeKey key{NodeKind::kElementDir, parent.pool, parent.volume, *index};
       return key;
@@ -264,18 +292,25 @@ Result<std::vector<DirEntry>> Tree::List(const NodeKey& key) {
     case NodeKind::kPoolDir:
       CHAINFS_RETURN_IF_ERROR(Pool(key.pool).status());
       return PoolEntries(key.pool);
-    case NodeKind::kVolumeDir:
-      CHAINFS_RETURN_IF_ERROR(Volume(key.pool, key.volume).status());
+    case NodeKind::kVolumeDir: {
+      auto v = Volume(key.pool, key.volume);
+      if (!v.ok()) return v.status();
+      const bool dir_volume = (*v)->IsDir();
       for (const std::string& name : VolumeFileNames()) {
+        if (dir_volume && !DirVolumeHasFile(name)) continue;
         NodeKey f{NodeKind::kVolumeFile, key.pool, key.volume};
         f.file = name;
         out.push_back({name, f});
       }
-      out.push_back({kChainDirName, NodeKey{NodeKind::kChainDir, key.pool, key.volume}});
+      if (!dir_volume) {
+        out.push_back({kChainDirName, NodeKey{NodeKind::kChainDir, key.pool, key.volume}});
+      }
       return out;
+    }
     case NodeKind::kChainDir: {
       auto snap = VolumeChain(key.pool, key.volume);
       if (!snap.ok()) return snap.status();
+      if (IsDirVolumeChain((*snap)->chain())) return NotFound(key);
       for (size_t i = 0; i < (*snap)->chain().elements.size(); ++i) {
         out.push_back({std::to_string(i), NodeKey{NodeKind::kElementDir, key.pool, key.volume, int(i)}});
       }
@@ -340,6 +375,7 @@ Result<std::string> Tree::RenderChainFile(const NodeKey& key, const ChainSnapsho
   }
   if (key.kind != NodeKind::kVolumeFile || chain.elements.empty()) return NotFound(key);
   const std::string& f = key.file;
+  if (IsDirVolumeChain(chain) && !DirVolumeHasFile(f)) return NotFound(key);
   if (f == "rebase") {
     // Job state, not a chain document: never cached with the snapshot.
     std::shared_ptr<const core::VolumeEntry> v = catalog_.FindVolumeShared(key.pool, key.volume);
@@ -412,9 +448,10 @@ Result<NodeAttr> Tree::GetAttr(const NodeKey& key) {
       if (!st.ok()) return st.status();
       NodeAttr d = AttrFromStat(*st, DirModeFor(st->mode));
       if (key.kind == NodeKind::kVolumeDir) {
-        d.watched = chains_.WatchesDirOf((*v)->path);
+        d.watched = !(*v)->IsDir() && chains_.WatchesDirOf((*v)->path);
         return d;
       }
+      if ((*v)->IsDir()) return NotFound(key);  // a directory volume has no chain/
       // chain/ lists one directory per element: resolved, unlike the above.
       auto snap = VolumeChain(key.pool, key.volume);
       if (!snap.ok()) return snap.status();

@@ -55,6 +55,26 @@ Status ReadOnly() { return Error(Code::kReadOnly, "mounted read-only (-o ro)"); 
 // EPERM has no Code of its own; it travels as kIo with the saved errno.
 Status NotPermitted(const std::string& reason) { return Status(Code::kIo, reason, EPERM); }
 
+// Refuses a change of the header of a directory volume (a subdirectory of a
+// dir pool): EISDIR, as qemu-img says when given a folder. Ok for an image.
+Status RefuseDirVolumeHeader(const core::VolumeEntry& v, const std::string& shown) {
+  if (!v.IsDir()) return Status::Ok();
+  return Status(Code::kIo,
+                fmt::format("'{}' is a directory (a volume of type dir): it has no image header "
+                            "to change",
+                            shown),
+                EISDIR);
+}
+
+// Refuses to rename, remove or create inside a directory volume: EPERM.
+// chainfs changes images only; the folder is the administrator's.
+Status RefuseDirVolumeEntry(const core::VolumeEntry& v, const std::string& shown,
+                            const char* what) {
+  if (!v.IsDir()) return Status::Ok();
+  return NotPermitted(fmt::format(
+      "'{}' is a directory (a volume of type dir): chainfs {}; do it on the host", shown, what));
+}
+
 std::string JoinPath(const std::string& dir, const std::string& name) {
   return dir == "/" ? "/" + name : dir + "/" + name;
 }
@@ -92,7 +112,9 @@ std::vector<std::string> AllVolumePaths(FsState& fs) {
     if (!pool.Browsable()) continue;
     std::shared_ptr<const core::PoolScan> scan = fs.catalog.Scan(pool.name);
     if (!scan) continue;
-    for (const core::VolumeEntry& v : scan->volumes) out.push_back(v.path);
+    for (const core::VolumeEntry& v : scan->volumes) {
+      if (!v.IsDir()) out.push_back(v.path);  // a folder has no backing to name anything
+    }
   }
   return out;
 }
@@ -175,6 +197,13 @@ Result<BackingChoice> MountVolumeAsBacking(FsState& fs, const std::string& from_
   if (!pool.ok()) return pool.status();
   Result<core::VolumeEntry> v = FindVolume(fs, parts[0], parts[1]);
   if (!v.ok()) return v.status();
+  if (v->IsDir()) {
+    return Status(Code::kIo,
+                  fmt::format("'{}' is a directory (a volume of type dir), not an image: it "
+                              "cannot be a backing file",
+                              shown),
+                  EISDIR);
+  }
   if (parts[0] == from_pool) return BackingChoice{GuardColon(parts[1]), v->path};
   return BackingChoice{v->path, v->path};
 }
@@ -286,6 +315,7 @@ Status ApplyBacking(FsState& fs, const Caller& caller, const NodeKey& key, std::
   if (!value.ok()) return value.status();
   Result<core::VolumeEntry> v = FindVolume(fs, key.pool, key.volume);
   if (!v.ok()) return v.status();
+  CHAINFS_RETURN_IF_ERROR(RefuseDirVolumeHeader(*v, key.Path()));
   CHAINFS_RETURN_IF_ERROR(CheckCallerWrites(caller, v->stat, v->path));
   CHAINFS_RETURN_IF_ERROR(CheckNoRebase(fs, v->path));
   std::string backing = *value;
@@ -319,6 +349,7 @@ Status ApplyBackingFormat(FsState& fs, const Caller& caller, const NodeKey& key,
   if (!value.ok()) return value.status();
   Result<core::VolumeEntry> v = FindVolume(fs, key.pool, key.volume);
   if (!v.ok()) return v.status();
+  CHAINFS_RETURN_IF_ERROR(RefuseDirVolumeHeader(*v, key.Path()));
   CHAINFS_RETURN_IF_ERROR(CheckCallerWrites(caller, v->stat, v->path));
   if (value->empty()) return Error(Code::kInvalidArgument, "empty format name");
   CHAINFS_RETURN_IF_ERROR(CheckNoRebase(fs, v->path));
@@ -336,6 +367,7 @@ Status ApplyRebase(FsState& fs, const Caller& caller, const NodeKey& key, std::s
   if (!value.ok()) return value.status();
   Result<core::VolumeEntry> v = FindVolume(fs, key.pool, key.volume);
   if (!v.ok()) return v.status();
+  CHAINFS_RETURN_IF_ERROR(RefuseDirVolumeHeader(*v, key.Path()));
   CHAINFS_RETURN_IF_ERROR(CheckCallerWrites(caller, v->stat, v->path));
   std::optional<std::string> backing;
   std::string target;
@@ -574,7 +606,7 @@ Result<NodeAttr> AttrWithWrites(FsState& fs, const NodeKey& key) {
     }
   } else if (IsWritableFile(key)) {
     if (std::optional<core::VolumeEntry> v = fs.catalog.FindVolume(key.pool, key.volume)) {
-      a->mode |= v->stat.mode & 0222;
+      if (!v->IsDir()) a->mode |= v->stat.mode & 0222;  // a folder's files are read-only
     }
   }
   return a;
@@ -601,6 +633,8 @@ Status CheckWritable(FsState& fs, const Caller& caller, const NodeKey& key) {
   } else {
     Result<core::VolumeEntry> v = FindVolume(fs, key.pool, key.volume);
     if (!v.ok()) return refuse(v.status());
+    Status header = RefuseDirVolumeHeader(*v, key.Path());
+    if (!header.ok()) return refuse(header);
     Status may = CheckCallerWrites(caller, v->stat, v->path);
     if (!may.ok()) return refuse(may);
   }
@@ -719,6 +753,11 @@ Result<NodeKey> SymlinkOverlay(FsState& fs, const Caller& caller, const NodeKey&
   };
   if (fs.config.read_only) return refuse(ReadOnly());
   if (parent.kind == NodeKind::kVolumeDir) {
+    if (std::optional<core::VolumeEntry> v = fs.catalog.FindVolume(parent.pool, parent.volume)) {
+      Status folder = RefuseDirVolumeEntry(
+          *v, parent.Path(), "creates overlays in the pool directory only (ln -s BACKING POOL/NEW)");
+      if (!folder.ok()) return refuse(folder);
+    }
     return refuse(Error(Code::kExists,
                         "'{}' is an existing volume (ln -s put the link inside it); choose a "
                         "new name",
@@ -765,6 +804,11 @@ Status RenameVolume(FsState& fs, const Caller& caller, const NodeKey& parent,
     return log(NotPermitted("only volumes (POOL/VOL) can be renamed"), "");
   }
   if (new_parent.kind == NodeKind::kVolumeDir) {
+    if (std::optional<core::VolumeEntry> d =
+            fs.catalog.FindVolume(new_parent.pool, new_parent.volume)) {
+      Status folder = RefuseDirVolumeEntry(*d, new_parent.Path(), "moves nothing into a folder");
+      if (!folder.ok()) return log(folder, "");
+    }
     return log(Error(Code::kExists, "'{}' is an existing volume", new_parent.Path()), "");
   }
   if (new_parent.kind != NodeKind::kPoolDir) {
@@ -775,6 +819,8 @@ Status RenameVolume(FsState& fs, const Caller& caller, const NodeKey& parent,
   if (!to_pool.ok()) return log(to_pool.status(), "");
   Result<core::VolumeEntry> v = FindVolume(fs, parent.pool, name);
   if (!v.ok()) return log(v.status(), "");
+  Status folder = RefuseDirVolumeEntry(*v, path, "renames images only");
+  if (!folder.ok()) return log(folder, "");
   Status quiet = CheckNoRebase(fs, v->path);
   if (!quiet.ok()) return log(quiet, "");
   Status named = CheckNewName(new_name);
@@ -814,6 +860,8 @@ Status RemoveVolume(FsState& fs, const Caller& /*caller*/, const NodeKey& parent
   std::lock_guard<std::mutex> change(fs.writes.change_mu());
   Result<core::VolumeEntry> v = FindVolume(fs, parent.pool, name);
   if (!v.ok()) return log(v.status(), "");
+  Status folder = RefuseDirVolumeEntry(*v, path, "deletes images only");
+  if (!folder.ok()) return log(folder, "");
   Status quiet = CheckNoRebase(fs, v->path);
   if (!quiet.ok()) return log(quiet, "");
   Status s = core::RemoveImage(fs.inspector, v->path, AllVolumePaths(fs));

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <memory>
 
 #include "core/util/escape.h"
 
@@ -19,7 +20,7 @@ namespace {
 constexpr std::string_view kReservedPrefix = ".chainfs";
 
 const char* FileTypeName(mode_t mode) {
-  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISDIR(mode)) return "a directory (not a volume in this pool type)";
   if (S_ISFIFO(mode)) return "a FIFO";
   if (S_ISSOCK(mode)) return "a socket";
   if (S_ISCHR(mode)) return "a character device";
@@ -42,6 +43,30 @@ std::string StatFailureReason(int dir_fd, const char* name, int err) {
 
 }  // namespace
 
+bool PoolListsDirectories(std::string_view pool_type) {
+  return pool_type == "dir" || pool_type == "fs" || pool_type == "netfs";
+}
+
+Chain DirVolumeChain(const VolumeEntry& entry) {
+  ChainElement top;
+  top.index = 0;
+  top.path = entry.path;
+  top.format = "dir";
+  top.format_source = FormatSource::kProbed;
+  top.stat = entry.stat;
+  // libvirt reports no size for a directory: capacity, allocation and
+  // physical are all 0, whatever st_blocks says.
+  top.stat->allocation = 0;
+  auto meta = std::make_shared<ImageMeta>();
+  meta->format = "dir";
+  meta->virtual_size = 0;
+  top.meta = std::move(meta);
+  Chain chain;
+  chain.elements.push_back(std::move(top));
+  chain.complete = true;
+  return chain;
+}
+
 bool IsAcceptableVolumeName(std::string_view name) {
   if (name.empty() || name == "." || name == "..") return false;
   if (name.substr(0, kReservedPrefix.size()) == kReservedPrefix) return false;
@@ -54,7 +79,10 @@ bool IsAcceptableVolumeName(std::string_view name) {
 
 // Hidden files (".name") are listed: libvirt's refresh lists every entry but
 // "." and "..", and a pool is the administrator's folder, not ours; only
-// chainfs's own ".chainfs*" temporaries are left out.
+// chainfs's own ".chainfs*" temporaries are left out. A subdirectory is a
+// volume as libvirt's dir backend (shared by fs and netfs) makes it one: it
+// opens each entry read-only, so a folder it could open is listed, one level
+// deep (volumes are not recursive).
 PoolScan ScanPool(const PoolDef& pool) {
   PoolScan scan;
   if (pool.target_path.empty()) {
@@ -79,6 +107,7 @@ PoolScan ScanPool(const PoolDef& pool) {
     return scan;
   }
   const std::string prefix = pool.target_path == "/" ? "/" : pool.target_path + "/";
+  const bool list_dirs = PoolListsDirectories(pool.type);
   while (true) {
     errno = 0;
     dirent* entry = ::readdir(dir);
@@ -110,7 +139,7 @@ PoolScan ScanPool(const PoolDef& pool) {
           fmt::format("{}: {}", path, StatFailureReason(dir_fd, entry->d_name, err)));
       continue;
     }
-    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode) && !(list_dirs && S_ISDIR(st.st_mode))) {
       scan.skipped.push_back(fmt::format("{}: {}", path, FileTypeName(st.st_mode)));
       continue;
     }

@@ -2,8 +2,10 @@
 // and content follow libvirt's volume formatter: name, key, capacity,
 // allocation, physical, <target> (path, format, permissions, timestamps,
 // encryption, compat, clusterSize, features), then a one-level
-// <backingStore> (path, format, permissions, timestamps).
+// <backingStore> (path, format, permissions, timestamps). A subdirectory of
+// the pool is a volume of type 'dir' (see DirVolumeChain).
 #include <fmt/format.h>
+#include <sys/stat.h>
 
 #include <string>
 
@@ -45,7 +47,9 @@ std::string Timestamp(const struct timespec& ts) {
 // No <atime> (the schema makes it optional): every read of the image moves
 // it, chainfs's own included, so it would describe the last reader rather
 // than the volume, and a document kept by the mount and one printed by
-// chainctl would differ after any read.
+// chainctl would differ after any read. <btime> is what libvirt prints on
+// Linux: it never reads a birth time there and prints its unset value, 0,
+// for every volume and backing store, whatever the filesystem records.
 void AddStat(pugi::xml_node parent, const FileStat& st) {
   pugi::xml_node perms = parent.append_child("permissions");
   AddText(perms, "mode", fmt::format("0{:o}", st.mode & 0777));
@@ -54,6 +58,7 @@ void AddStat(pugi::xml_node parent, const FileStat& st) {
   pugi::xml_node times = parent.append_child("timestamps");
   AddText(times, "mtime", Timestamp(st.mtime));
   AddText(times, "ctime", Timestamp(st.ctime));
+  AddText(times, "btime", "0");
 }
 
 const char* EncryptionFormat(const ImageMeta& meta) {
@@ -73,7 +78,9 @@ void AddTarget(pugi::xml_node volume, const ChainElement& top) {
   if (meta.encrypted) {
     target.append_child("encryption").append_attribute("format") = EncryptionFormat(meta);
   }
-  if (meta.compat) AddText(target, "compat", *meta.compat);
+  // libvirt knows a compat level only with the qcow2 v3 feature set: a v2
+  // image (compat 0.10) has no <compat> element.
+  if (meta.compat && *meta.compat != "0.10") AddText(target, "compat", *meta.compat);
   // libvirt reads the cluster size of qcow2 headers only.
   if (format == "qcow2" && meta.cluster_size && *meta.cluster_size > 0) {
     pugi::xml_node cluster = target.append_child("clusterSize");
@@ -118,7 +125,14 @@ std::string RenderVolumeXml(const Chain& chain) {
   const ChainElement& top = chain.elements[0];
   pugi::xml_document doc;
   pugi::xml_node volume = doc.append_child("volume");
-  volume.append_attribute("type") = top.stat && top.stat->IsBlockDevice() ? "block" : "file";
+  const bool dir = top.stat && S_ISDIR(top.stat->mode);
+  const char* type = "file";
+  if (dir) {
+    type = "dir";
+  } else if (top.stat && top.stat->IsBlockDevice()) {
+    type = "block";
+  }
+  volume.append_attribute("type") = type;
   AddText(volume, "name", BaseName(top.path));
   AddText(volume, "key", top.path);
   uint64_t capacity = 0;
@@ -129,8 +143,11 @@ std::string RenderVolumeXml(const Chain& chain) {
   }
   AddBytes(volume, "capacity", capacity);
   AddBytes(volume, "allocation", top.stat ? top.stat->allocation : 0);
-  // libvirt prints <physical> only when it is known (non-zero).
-  if (top.stat && top.stat->id.size > 0) AddBytes(volume, "physical", top.stat->id.size);
+  // libvirt prints <physical> only when it is known (non-zero); a
+  // directory has none.
+  if (!dir && top.stat && top.stat->id.size > 0) {
+    AddBytes(volume, "physical", top.stat->id.size);
+  }
   AddTarget(volume, top);
   AddBackingStore(volume, chain);
   return render_internal::SaveXml(doc);

@@ -400,6 +400,7 @@ TEST(RenderVolumeXml, MatchesVirshVolDumpxmlLayout) {
       "    <timestamps>\n"
       "      <mtime>1700000001</mtime>\n"
       "      <ctime>1700000002.000000005</ctime>\n"
+      "      <btime>0</btime>\n"
       "    </timestamps>\n"
       "    <compat>1.1</compat>\n"
       "    <clusterSize unit='B'>65536</clusterSize>\n"
@@ -416,6 +417,7 @@ TEST(RenderVolumeXml, MatchesVirshVolDumpxmlLayout) {
       "    <timestamps>\n"
       "      <mtime>1700000001</mtime>\n"
       "      <ctime>1700000002.000000005</ctime>\n"
+      "      <btime>0</btime>\n"
       "    </timestamps>\n"
       "  </backingStore>\n"
       "</volume>\n";
