@@ -207,9 +207,14 @@ std::vector<DirEntry> Tree::PoolEntries(const std::string& pool) {
 }
 
 Result<NodeKey> Tree::Lookup(const NodeKey& parent, const std::string& name) {
+  if (parent.IsDomainNode()) return LookupDomainNode(parent, name);
   switch (parent.kind) {
     case NodeKind::kRoot: {
       if (name == kControlDirName) return NodeKey{NodeKind::kControlDir};
+      if (name == kDomainsDirName) {
+        if (!DomainsEnabled()) return Error(Code::kNotFound, "no domain folder is read");
+        return NodeKey{NodeKind::kDomainsDir};
+      }
       Result<core::PoolDef> pool = Pool(name);
       if (!pool.ok()) return pool.status();
       return NodeKey{NodeKind::kPoolDir, name};
@@ -274,10 +279,12 @@ Result<NodeKey> Tree::Lookup(const NodeKey& parent, const std::string& name) {
 }
 
 Result<std::vector<DirEntry>> Tree::List(const NodeKey& key) {
+  if (key.IsDomainNode()) return ListDomainNode(key);
   std::vector<DirEntry> out;
   switch (key.kind) {
     case NodeKind::kRoot:
       out.push_back({kControlDirName, NodeKey{NodeKind::kControlDir}});
+      if (DomainsEnabled()) out.push_back({kDomainsDirName, NodeKey{NodeKind::kDomainsDir}});
       for (const core::PoolDef& pool : catalog_.Pools()) {
         if (pool.Browsable()) out.push_back({pool.name, NodeKey{NodeKind::kPoolDir, pool.name}});
       }
@@ -345,6 +352,7 @@ Result<std::string> Tree::LinkTarget(const NodeKey& key, const ChainSnapshot& sn
 }
 
 Result<std::string> Tree::Render(const NodeKey& key) {
+  if (key.IsDomainNode()) return RenderDomainNode(key);
   switch (key.kind) {
     case NodeKind::kControlFile:
       if (key.file == "version") return fmt::format("chainfs {}\n", CHAINFS_VERSION);
@@ -382,6 +390,7 @@ Result<std::string> Tree::RenderChainFile(const NodeKey& key, const ChainSnapsho
     if (!v) return NotFound(key);
     return rebase_renderer_ ? rebase_renderer_(v->path) : std::string();
   }
+  if (f == "users") return RenderVolumeUsers(key.pool, key.volume);  // others' chains: not memoized
   if (f == "volume.xml" || f == "disk.xml") {
     // As chainctl: an image whose own header cannot be read has no XML.
     if (!chain.elements[0].meta) {
@@ -400,6 +409,7 @@ Result<std::string> Tree::RenderChainFile(const NodeKey& key, const ChainSnapsho
 }
 
 Result<NodeAttr> Tree::GetAttr(const NodeKey& key) {
+  if (key.IsDomainNode()) return DomainNodeAttr(key);
   NodeAttr a;
   a.uid = owner_uid_;
   a.gid = owner_gid_;
@@ -509,6 +519,8 @@ Result<NodeAttr> Tree::GetAttr(const NodeKey& key) {
       a.content = std::move(text).value();
       return a;
     }
+    default:
+      break;  // the domains' view: DomainNodeAttr
   }
   return NotFound(key);
 }
@@ -533,6 +545,10 @@ Status Tree::CheckAccess(const NodeKey& key, const ChainSnapshot& snap, const Ca
 }
 
 Result<std::string> Tree::Read(const NodeKey& key, const Caller& caller) {
+  if (key.IsDomainNode()) {
+    CHAINFS_RETURN_IF_ERROR(CheckDomainAccess(key, caller));
+    return RenderDomainNode(key);
+  }
   if (key.kind == NodeKind::kVolumeFile || key.kind == NodeKind::kElementFile) {
     auto snap = VolumeChain(key.pool, key.volume);
     if (!snap.ok()) return snap.status();
@@ -543,6 +559,7 @@ Result<std::string> Tree::Read(const NodeKey& key, const Caller& caller) {
 }
 
 Status Tree::Authorize(const NodeKey& key, const Caller& caller) {
+  if (key.IsDomainNode()) return CheckDomainAccess(key, caller);
   if (key.kind != NodeKind::kVolumeFile && key.kind != NodeKind::kElementFile &&
       key.kind != NodeKind::kElementLink) {
     return Status::Ok();
@@ -553,6 +570,12 @@ Status Tree::Authorize(const NodeKey& key, const Caller& caller) {
 }
 
 Result<std::string> Tree::ReadLink(const NodeKey& key, const Caller& caller) {
+  if (key.kind == NodeKind::kDiskElementLink) {
+    CHAINFS_RETURN_IF_ERROR(CheckDomainAccess(key, caller));
+    Result<DiskState> d = Disk(key.pool, key.volume);
+    if (!d.ok()) return d.status();
+    return DiskLinkTarget(key, *d->snap);
+  }
   if (key.kind != NodeKind::kElementLink) {
     return Error(Code::kInvalidArgument, "{}: not a symlink", key.Path());
   }

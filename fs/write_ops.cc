@@ -788,6 +788,25 @@ Result<NodeKey> SymlinkOverlay(FsState& fs, const Caller& caller, const NodeKey&
   return placeholder;
 }
 
+// Names the domain disks of `uses` for a log line: "vm1/vda (running), ...".
+static std::string DescribeUses(const std::vector<Tree::DomainUse>& uses) {
+  std::string out;
+  for (const Tree::DomainUse& u : uses) {
+    if (!out.empty()) out += ", ";
+    out += fmt::format("{}/{} ({})", u.domain, u.target, u.running ? "running" : "shut off");
+  }
+  return out;
+}
+
+// Refuses to delete an image a defined (or running) domain uses at any
+// depth: libvirt would fail to start it, or lose it under a running VM.
+static Status CheckNoDomainUses(FsState& fs, const std::string& image) {
+  std::vector<Tree::DomainUse> uses = fs.tree.DomainUsers(image);
+  if (uses.empty()) return Status::Ok();
+  return Error(Code::kBusy, "used by domain {}: change or undefine the domain first (virsh edit)",
+               DescribeUses(uses));
+}
+
 Status RenameVolume(FsState& fs, const Caller& caller, const NodeKey& parent,
                     const std::string& name, const NodeKey& new_parent, const std::string& new_name,
                     unsigned int flags) {
@@ -825,6 +844,22 @@ Status RenameVolume(FsState& fs, const Caller& caller, const NodeKey& parent,
   if (!quiet.ok()) return log(quiet, "");
   Status named = CheckNewName(new_name);
   if (!named.ok()) return log(named, "");
+  // A running domain would lose the image under QEMU; a shut-off one only
+  // needs its definition changed, which the log says.
+  const std::vector<Tree::DomainUse> uses = fs.tree.DomainUsers(v->path);
+  std::string definitions;
+  for (const Tree::DomainUse& u : uses) {
+    if (u.running) {
+      return log(Error(Code::kBusy,
+                       "used by running domain {}: libvirt would lose the image; shut the domain "
+                       "off first",
+                       DescribeUses(uses)),
+                 "");
+    }
+    if (definitions.find(u.definition) == std::string::npos) {
+      definitions += (definitions.empty() ? "" : ", ") + u.definition;
+    }
+  }
   const std::string new_path = JoinPath(to_pool->target_path, new_name);
   Result<core::RenamePlan> plan =
       core::PlanRename(fs.inspector, v->path, new_path, AllVolumePaths(fs));
@@ -843,8 +878,14 @@ Status RenameVolume(FsState& fs, const Caller& caller, const NodeKey& parent,
     for (const core::BackingRewrite& r : plan->rewrites) touched.push_back(r.path);
     AfterChange(fs, touched, true);
   }
-  return log(s, fmt::format("renamed to '{}' ({}); rewrote the backing string of {} overlay(s)",
-                            new_path_shown, new_path, plan->rewrites.size()));
+  std::string done = fmt::format("renamed to '{}' ({}); rewrote the backing string of {} overlay(s)",
+                                 new_path_shown, new_path, plan->rewrites.size());
+  if (!uses.empty()) {
+    done += fmt::format("; shut-off domain {} still name{} the old path in {}: virsh edit to "
+                        "point them at '{}'",
+                        DescribeUses(uses), uses.size() == 1 ? "s" : "", definitions, new_path);
+  }
+  return log(s, done);
 }
 
 Status RemoveVolume(FsState& fs, const Caller& /*caller*/, const NodeKey& parent,
@@ -864,6 +905,8 @@ Status RemoveVolume(FsState& fs, const Caller& /*caller*/, const NodeKey& parent
   if (!folder.ok()) return log(folder, "");
   Status quiet = CheckNoRebase(fs, v->path);
   if (!quiet.ok()) return log(quiet, "");
+  Status used = CheckNoDomainUses(fs, v->path);
+  if (!used.ok()) return log(used, "");
   Status s = core::RemoveImage(fs.inspector, v->path, AllVolumePaths(fs));
   if (s.ok()) AfterChange(fs, {v->path}, true);
   return log(s, fmt::format("deleted the image '{}'", v->path));

@@ -8,6 +8,9 @@ packages=(g++ cmake make pkg-config libfmt-dev libpugixml-dev libboost-dev libfu
           e2fsprogs procps zlib1g-dev libzstd-dev)
 # qemu-storage-daemon (in-use tests hold an image open with it).
 packages+=(qemu-system-common)
+# A real libvirtd and QEMU (TCG) for the domain tests, which start their own
+# daemons as plain processes (tests/util/libvirt_daemon.h).
+packages+=(libvirt-daemon-system libvirt-clients qemu-system-x86)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -23,5 +26,15 @@ export DEBIAN_FRONTEND=noninteractive
 echo "deps: apt-get update" >&2
 $sudo apt-get update -qq
 echo "deps: apt-get install (${#missing[@]} packages and what they need; can take minutes)" >&2
+# Packages must not start their services (libvirtd, virtlogd): the tests
+# start and end their own. policy-rc.d is Debian's switch for that.
+policy=/usr/sbin/policy-rc.d
+made_policy=""
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+  $sudo chmod 755 "$policy"
+  made_policy=1
+fi
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ -n "$made_policy" ]; then $sudo rm -f "$policy"; fi
 echo "deps: installed" >&2
