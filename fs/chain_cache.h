@@ -122,6 +122,12 @@ class ChainCache {
   // without re-stating their elements. It must outlive its use.
   void set_change_monitor(const core::ChangeMonitor* monitor) { monitor_.store(monitor); }
   ChainCacheStats stats() const;
+  // Returns the change monitor's current quiet epoch (nullopt without a
+  // monitor, or while changes are being applied).
+  std::optional<uint64_t> QuietEpoch() const {
+    const core::ChangeMonitor* monitor = monitor_.load();
+    return monitor ? monitor->QuietEpoch() : std::nullopt;
+  }
   // Returns true if the change monitor reports every change in directory
   // `normalized_dir` (false without a monitor).
   bool WatchesDir(const std::string& normalized_dir) const;

@@ -73,16 +73,6 @@ Result<Tree::DiskState> Tree::Disk(const std::string& domain, const std::string&
   return d;
 }
 
-std::vector<int> Tree::DiskIndexes(const DiskState& d) {
-  if (!d.entry || !d.disk) return {};
-  if (d.entry->running()) return {};  // the status file's own indexes
-  return core::DomainIndexes(d.entry->def, d.disk->target, [&](const core::DiskDef& other) {
-    if (other.target == d.disk->target) return core::ShownBackingCount(d.snap->chain());
-    Result<DiskState> o = Disk(d.entry->def.name, other.target);
-    return o.ok() ? core::ShownBackingCount(o->snap->chain()) : size_t(0);
-  });
-}
-
 Result<NodeKey> Tree::LookupDomainNode(const NodeKey& parent, const std::string& name) {
   switch (parent.kind) {
     case NodeKind::kDomainsDir: {
@@ -231,23 +221,15 @@ Result<std::string> Tree::RenderDomainNode(const NodeKey& key) {
         if (key.index < 0 || key.index >= int(chain.elements.size())) return NotFound(key);
         const core::ChainElement& e = chain.elements[size_t(key.index)];
         if (key.file == "origin") return core::RenderElementOrigin(e);
-        if (key.file == "index") {
-          return core::RenderElementIndex(chain, size_t(key.index), DiskIndexes(*d));
-        }
+        if (key.file == "index") return core::RenderElementIndex(chain, size_t(key.index));
         return core::RenderElementField(e, key.file);
       }
       const std::string& f = key.file;
-      if (f == "disk.xml") {
-        // Numbered across the domain's disks: memoized with the numbers.
-        std::vector<int> indexes = DiskIndexes(*d);
-        std::string memo = "disk.xml";
-        for (int i : indexes) memo += "," + std::to_string(i);
-        return d->snap->Rendered(memo, [&] { return core::RenderDomainDiskXml(disk, chain, indexes); });
-      }
       return d->snap->Rendered(f, [&]() -> std::string {
         if (f == "info") return core::RenderInfoText(chain);
         if (f == "info.json") return core::RenderInfoJson(chain);
         if (f == "problems") return core::RenderProblems(chain);
+        if (f == "disk.xml") return core::RenderDomainDiskXml(disk, chain);
         return core::RenderDiskField(disk, chain, f);
       });
     }
@@ -377,34 +359,81 @@ std::vector<Tree::DomainUse> Tree::DomainUsers(const std::string& path) {
   return out;
 }
 
+std::shared_ptr<const Tree::UsersIndex> Tree::Users() {
+  std::shared_ptr<const core::DomainSet> domains =
+      DomainsEnabled() ? domains_->Current() : nullptr;
+  const uint64_t domains_generation = domains ? domains->generation : 0;
+  const uint64_t pools_generation = catalog_.generation();
+  std::optional<uint64_t> epoch = chains_.QuietEpoch();
+  {
+    std::lock_guard<std::mutex> lock(users_mu_);
+    const std::shared_ptr<const UsersIndex>& kept = users_index_;
+    if (kept && kept->epoch && epoch && *kept->epoch == *epoch &&
+        kept->pools_generation == pools_generation &&
+        kept->domains_generation == domains_generation) {
+      return kept;
+    }
+  }
+  auto index = std::make_shared<UsersIndex>();
+  index->epoch = epoch;
+  index->pools_generation = pools_generation;
+  index->domains_generation = domains_generation;
+  auto add = [&](const core::Chain& chain, size_t from, const std::string& name) {
+    for (size_t i = from; i < chain.elements.size(); ++i) {
+      const core::ChainElement& e = chain.elements[i];
+      if (!e.stat) continue;
+      std::vector<std::string>& list = index->users[{e.stat->id.dev, e.stat->id.ino}];
+      if (list.empty() || list.back() != name) list.push_back(name);
+    }
+  };
+  auto note = [&](const ChainSnapshot& snap) {
+    if (!snap.watched()) index->epoch.reset();
+  };
+  if (domains) {
+    for (const auto& [name, entry] : domains->domains) {
+      for (const core::DiskDef& disk : entry->def.disks) {
+        Result<DiskState> d = Disk(name, disk.target);
+        if (!d.ok()) continue;
+        note(*d->snap);
+        const std::string user = name + "/" + disk.target;
+        add(d->snap->chain(), 0, user);
+        if (entry->running()) {
+          // The definition may name another chain for the next start.
+          core::DiskContext ctx = core::MakeDiskContext(catalog_, name);
+          add(core::ResolveDiskChain(*inspector_, disk, ctx), 0, user);
+          index->epoch.reset();
+        }
+      }
+    }
+  }
+  for (const core::PoolDef& p : catalog_.Pools()) {
+    if (!p.Browsable()) continue;
+    std::shared_ptr<const core::PoolScan> scan = catalog_.Scan(p.name);
+    if (!scan) continue;
+    for (const core::VolumeEntry& v : scan->volumes) {
+      if (IsReservedPoolEntry(v.name) || v.IsDir()) continue;
+      std::shared_ptr<const ChainSnapshot> snap = chains_.Get(v.path);
+      note(*snap);
+      add(snap->chain(), 1, p.name + "/" + v.name);
+    }
+  }
+  std::lock_guard<std::mutex> lock(users_mu_);
+  users_index_ = index;
+  return index;
+}
+
 Result<std::string> Tree::RenderVolumeUsers(const std::string& pool, const std::string& volume) {
   Result<std::shared_ptr<const core::VolumeEntry>> v = Volume(pool, volume);
   if (!v.ok()) return v.status();
   Result<core::FileStat> st = core::StatPath((*v)->path);
   if (!st.ok()) return st.status();
-  std::vector<core::ChainOwner> owners;
-  for (const DomainUse& use : DomainUsers((*v)->path)) {
-    owners.push_back({use.domain + "/" + use.target, nullptr});
-  }
+  std::shared_ptr<const UsersIndex> index = Users();
+  auto it = index->users.find({st->id.dev, st->id.ino});
+  if (it == index->users.end()) return std::string();
   std::vector<std::string> users;
-  for (const core::ChainOwner& o : owners) users.push_back(o.name);
-  for (const core::PoolDef& p : catalog_.Pools()) {
-    if (!p.Browsable()) continue;
-    std::shared_ptr<const core::PoolScan> scan = catalog_.Scan(p.name);
-    if (!scan) continue;
-    for (const core::VolumeEntry& other : scan->volumes) {
-      if (p.name == pool && other.name == volume) continue;
-      if (IsReservedPoolEntry(other.name)) continue;
-      std::shared_ptr<const ChainSnapshot> snap = chains_.Get(other.path);
-      const core::Chain& chain = snap->chain();
-      for (size_t i = 1; i < chain.elements.size(); ++i) {
-        const core::ChainElement& e = chain.elements[i];
-        if (e.stat && e.stat->id.dev == st->id.dev && e.stat->id.ino == st->id.ino) {
-          users.push_back(p.name + "/" + other.name);
-          break;
-        }
-      }
-    }
+  const std::string self = pool + "/" + volume;
+  for (const std::string& u : it->second) {
+    if (u != self) users.push_back(u);
   }
   return core::RenderUsers(users);
 }

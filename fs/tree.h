@@ -8,6 +8,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <memory>
 #include <string>
@@ -140,8 +142,6 @@ class Tree {
   };
   core::Result<std::shared_ptr<const core::DomainEntry>> Domain(const std::string& name);
   core::Result<DiskState> Disk(const std::string& domain, const std::string& target);
-  // The live-XML indexes of the elements of disk `d` (core::DomainIndexes).
-  std::vector<int> DiskIndexes(const DiskState& d);
   core::Result<NodeKey> LookupDomainNode(const NodeKey& parent, const std::string& name);
   core::Result<std::vector<DirEntry>> ListDomainNode(const NodeKey& key);
   core::Result<NodeAttr> DomainNodeAttr(const NodeKey& key);
@@ -159,6 +159,22 @@ class Tree {
   struct timespec mount_time_ {};
   core::DomainCatalog* domains_ = nullptr;
   core::ImageInspector* inspector_ = nullptr;
+
+  // Who uses each image (file identity -> "DOMAIN/TARGET" and "POOL/VOLUME"
+  // in listing order), built from every chain at once, so that reading
+  // VOL/users of every volume (find | xargs cat) costs one pass over the
+  // chains, not one per file. Reused while nothing it was built from can
+  // have changed: the same change-monitor quiet epoch (taken before the
+  // build), pool and domain generations, and every chain it used watched.
+  struct UsersIndex {
+    std::optional<uint64_t> epoch;  // nullopt: not reusable
+    uint64_t pools_generation = 0;
+    uint64_t domains_generation = 0;
+    std::map<std::pair<uint64_t, uint64_t>, std::vector<std::string>> users;
+  };
+  std::shared_ptr<const UsersIndex> Users();
+  std::mutex users_mu_;
+  std::shared_ptr<const UsersIndex> users_index_;  // guarded by users_mu_
 };
 
 // Returns the names of the browsable pools among `pools` whose folder holds

@@ -89,41 +89,7 @@ void StripPrivateData(pugi::xml_node node) {
 
 }  // namespace
 
-size_t ShownBackingCount(const Chain& chain) {
-  size_t n = 0;
-  for (size_t i = 1; i < chain.elements.size() && Shown(chain.elements[i]); ++i) ++n;
-  return n;
-}
-
-std::vector<int> DomainIndexes(const DomainDef& def, const std::string& target,
-                               const std::function<size_t(const DiskDef&)>& backing_count) {
-  std::vector<const DiskDef*> located;
-  for (const DiskDef& d : def.disks) {
-    if (d.top.HasLocation()) located.push_back(&d);
-  }
-  std::vector<int> out;
-  const int tops = int(located.size());
-  int top_index = 0, first_backing = tops + 1;
-  size_t own = 0;
-  bool found = false;
-  for (size_t k = located.size(); k-- > 0;) {
-    const DiskDef& d = *located[k];
-    if (d.target == target) {
-      top_index = tops - int(k);
-      own = backing_count(d);
-      found = true;
-      break;
-    }
-    first_backing += int(backing_count(d));
-  }
-  if (!found) return out;
-  out.push_back(top_index);
-  for (size_t i = 0; i < own; ++i) out.push_back(first_backing + int(i));
-  return out;
-}
-
-std::string RenderDomainDiskXml(const DiskDef& disk, const Chain& chain,
-                                const std::vector<int>& indexes) {
+std::string RenderDomainDiskXml(const DiskDef& disk, const Chain& chain) {
   pugi::xml_document in;
   if (!in.load_buffer(disk.xml.data(), disk.xml.size())) return "";
   pugi::xml_node given = in.document_element();
@@ -136,8 +102,7 @@ std::string RenderDomainDiskXml(const DiskDef& disk, const Chain& chain,
   const bool live_indexes = !chain.elements.empty() && chain.elements[0].xml_index.has_value();
   auto index_of = [&](size_t i) {
     const ChainElement& e = chain.elements[i];
-    if (live_indexes && e.xml_index) return *e.xml_index;
-    return i < indexes.size() ? indexes[i] : int(i) + 1;
+    return live_indexes && e.xml_index ? *e.xml_index : int(i) + 1;
   };
 
   bool placed = false;
@@ -201,11 +166,11 @@ std::string RenderElementOrigin(const ChainElement& element) {
   return element.origin == ElementOrigin::kXml ? "xml\n" : "metadata\n";
 }
 
-std::string RenderElementIndex(const Chain& chain, size_t i, const std::vector<int>& indexes) {
+std::string RenderElementIndex(const Chain& chain, size_t i) {
   if (i >= chain.elements.size()) return "";
   const bool live = chain.elements[0].xml_index.has_value();
   const ChainElement& e = chain.elements[i];
-  int index = live && e.xml_index ? *e.xml_index : i < indexes.size() ? indexes[i] : int(i) + 1;
+  int index = live && e.xml_index ? *e.xml_index : int(i) + 1;
   return fmt::format("{}\n", index);
 }
 

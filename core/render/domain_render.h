@@ -20,23 +20,7 @@ namespace chainfs::core {
 // elements carry them (a running domain's status file), else the top is 1
 // and each backing element the next number. "" when the disk's XML cannot
 // be re-read.
-// `indexes` numbers the elements when the chain carries no live indexes
-// (DomainIndexes); empty: the top is 1 and each backing element the next.
-std::string RenderDomainDiskXml(const DiskDef& disk, const Chain& chain,
-                                const std::vector<int>& indexes = {});
-
-// How many backing elements disk.xml spells out for `chain` (those below
-// the top up to the first libvirt could not name).
-size_t ShownBackingCount(const Chain& chain);
-
-// The index libvirt 9.0's live XML gives each element of disk `target` of
-// a domain when it starts: the tops of the disks that have a source first,
-// numbered 1, 2, ... in reverse document order, then the backing elements,
-// disk by disk in reverse document order and top down within a disk.
-// `backing_count(disk)` is ShownBackingCount of that disk's chain. Returns
-// one index per element of the disk's shown chain (top first).
-std::vector<int> DomainIndexes(const DomainDef& def, const std::string& target,
-                               const std::function<size_t(const DiskDef&)>& backing_count);
+std::string RenderDomainDiskXml(const DiskDef& disk, const Chain& chain);
 
 // The one-value files of a disk directory: "source" (path, device, URI or
 // POOL/VOLUME), "type" (file, block, network, volume, ...), "format" (the
@@ -46,7 +30,7 @@ std::string RenderDiskField(const DiskDef& disk, const Chain& chain, std::string
 // `chain/N/origin`: "xml" or "metadata".
 std::string RenderElementOrigin(const ChainElement& element);
 // `chain/N/index`: the index libvirt's live XML gives the element.
-std::string RenderElementIndex(const Chain& chain, size_t i, const std::vector<int>& indexes = {});
+std::string RenderElementIndex(const Chain& chain, size_t i);
 
 // One line of `chainctl domains`: NAME TAB STATE TAB TARGET=SOURCE ...
 std::string RenderDomainLine(const DomainEntry& entry);

@@ -31,7 +31,7 @@ TEST_F(MountTest, LsShowsPoolsVolumesAndTheirFiles) {
   EXPECT_EQ(MustRun({"ls", "-A", M("p")}).out, ".pool.xml\nbase.raw\nmid.qcow2\ntop.qcow2\n");
   EXPECT_EQ(MustRun({"ls", M("p/top.qcow2")}).out,
             "allocation\nbacking\nbacking_format\ncapacity\nchain\ndisk.xml\nformat\ninfo\n"
-            "info.json\nproblems\nrebase\nvolume.xml\n");
+            "info.json\nproblems\nrebase\nusers\nvolume.xml\n");
   EXPECT_EQ(MustRun({"ls", M("p/top.qcow2/chain")}).out, "0\n1\n2\n");
   EXPECT_EQ(MustRun({"ls", M("p/top.qcow2/chain/1")}).out,
             "allocation\nbacking\nbacking_format\ncapacity\nformat\npath\nvolume\n");
@@ -42,8 +42,8 @@ TEST_F(MountTest, FindWalksTheWholeTree) {
   MakeChain();
   ASSERT_TRUE(MountPool());
   std::vector<std::string> files = Lines(MustRun({"find", M("p/top.qcow2"), "-type", "f"}).out);
-  // 11 volume files + 6 per chain element.
-  EXPECT_EQ(files.size(), 11u + 3 * 6u);
+  // 12 volume files + 6 per chain element.
+  EXPECT_EQ(files.size(), 12u + 3 * 6u);
   std::vector<std::string> links = Lines(MustRun({"find", M("p"), "-type", "l"}).out);
   // top: 3 elements, mid: 2, base: 1, each a volume of the pool.
   EXPECT_EQ(links.size(), 6u);

@@ -518,7 +518,6 @@ int CmdDomain(Context& ctx, const std::vector<std::string>& args) {
   std::string out;
   bool healthy = true;
   core::Json all = core::Json::MakeObject();
-  // Every disk's chain: the live-XML numbering counts across them.
   std::map<std::string, Chain> chains;
   for (const core::DiskDef& d : entry->def.disks) {
     const core::DiskDef* shown = core::ShownDisk(*entry, d.target);
@@ -529,13 +528,7 @@ int CmdDomain(Context& ctx, const std::vector<std::string>& args) {
     const Chain& chain = chains.at(disk.target);
     healthy = healthy && chain.healthy();
     if (mode == "xml") {
-      std::vector<int> indexes;
-      if (!entry->running()) {
-        indexes = core::DomainIndexes(entry->def, disk.target, [&](const core::DiskDef& d) {
-          return core::ShownBackingCount(chains.at(d.target));
-        });
-      }
-      out += core::RenderDomainDiskXml(disk, chain, indexes);
+      out += core::RenderDomainDiskXml(disk, chain);
     } else if (mode == "json") {
       if (one) {
         out = core::RenderInfoJson(chain);
