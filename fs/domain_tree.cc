@@ -3,10 +3,10 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <charconv>
 
 #include "core/render/domain_render.h"
 #include "core/render/render.h"
+#include "fs/chain_nodes.h"
 #include "fs/tree.h"
 
 namespace chainfs::fs {
@@ -21,17 +21,10 @@ constexpr uint32_t kReadBits = S_IRUSR | S_IRGRP | S_IROTH;
 
 Status NotFound(const NodeKey& key) { return Error(Code::kNotFound, "{}: no such node", key.Path()); }
 
-bool Contains(const std::vector<std::string>& names, const std::string& name) {
-  return std::find(names.begin(), names.end(), name) != names.end();
-}
+using chain_nodes::Contains;
 
-std::optional<int> ParseIndex(const std::string& name) {
-  if (name.empty() || name.size() > 4 || (name.size() > 1 && name[0] == '0')) return std::nullopt;
-  int value = 0;
-  auto [ptr, ec] = std::from_chars(name.data(), name.data() + name.size(), value);
-  if (ec != std::errc() || ptr != name.data() + name.size() || value < 0) return std::nullopt;
-  return value;
-}
+const chain_nodes::Kinds kDiskKinds{NodeKind::kDiskElementDir, NodeKind::kDiskElementFile,
+                                    NodeKind::kDiskElementLink, &DiskElementFileNames()};
 
 // The chain cache key of a disk: the disk's XML as shown (a new definition
 // or a new start is a new entry) and whether drift is checked.
@@ -99,26 +92,22 @@ Result<NodeKey> Tree::LookupDomainNode(const NodeKey& parent, const std::string&
       return key;
     }
     case NodeKind::kDiskChainDir: {
-      std::optional<int> index = ParseIndex(name);
-      if (!index) break;
+      if (!chain_nodes::ParseIndex(name)) break;
       Result<DiskState> d = Disk(parent.pool, parent.volume);
       if (!d.ok()) return d.status();
-      if (*index >= int(d->snap->chain().elements.size())) break;
-      return NodeKey{NodeKind::kDiskElementDir, parent.pool, parent.volume, *index};
+      if (auto key = chain_nodes::LookupElement(parent, name, d->snap->chain(), kDiskKinds)) {
+        return *key;
+      }
+      break;
     }
     case NodeKind::kDiskElementDir: {
       Result<DiskState> d = Disk(parent.pool, parent.volume);
       if (!d.ok()) return d.status();
-      if (parent.index >= int(d->snap->chain().elements.size())) break;
-      if (name == kVolumeLinkName) {
-        NodeKey key{NodeKind::kDiskElementLink, parent.pool, parent.volume, parent.index};
-        if (!DiskLinkTarget(key, *d->snap).ok()) break;
-        return key;
-      }
-      if (!Contains(DiskElementFileNames(), name)) break;
-      NodeKey key{NodeKind::kDiskElementFile, parent.pool, parent.volume, parent.index};
-      key.file = name;
-      return key;
+      auto key = chain_nodes::LookupInElement(
+          parent, name, d->snap->chain(), kDiskKinds,
+          [&](const NodeKey& link) { return DiskLinkTarget(link, *d->snap).ok(); });
+      if (key) return *key;
+      break;
     }
     default:
       return Error(Code::kInvalidArgument, "{}: not a directory", parent.Path());
@@ -166,24 +155,15 @@ Result<std::vector<DirEntry>> Tree::ListDomainNode(const NodeKey& key) {
     case NodeKind::kDiskChainDir: {
       Result<DiskState> d = Disk(key.pool, key.volume);
       if (!d.ok()) return d.status();
-      for (size_t i = 0; i < d->snap->chain().elements.size(); ++i) {
-        out.push_back(
-            {std::to_string(i), NodeKey{NodeKind::kDiskElementDir, key.pool, key.volume, int(i)}});
-      }
-      return out;
+      return chain_nodes::ListElements(key, d->snap->chain(), kDiskKinds);
     }
     case NodeKind::kDiskElementDir: {
       Result<DiskState> d = Disk(key.pool, key.volume);
       if (!d.ok()) return d.status();
       if (key.index >= int(d->snap->chain().elements.size())) return NotFound(key);
-      for (const std::string& name : DiskElementFileNames()) {
-        NodeKey f{NodeKind::kDiskElementFile, key.pool, key.volume, key.index};
-        f.file = name;
-        out.push_back({name, f});
-      }
-      NodeKey link{NodeKind::kDiskElementLink, key.pool, key.volume, key.index};
-      if (DiskLinkTarget(link, *d->snap).ok()) out.push_back({kVolumeLinkName, link});
-      return out;
+      return chain_nodes::ListElement(
+          key, d->snap->chain(), kDiskKinds,
+          [&](const NodeKey& link) { return DiskLinkTarget(link, *d->snap).ok(); });
     }
     default:
       return Error(Code::kInvalidArgument, "{}: not a directory", key.Path());

@@ -3,10 +3,10 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <charconv>
 
 #include "core/chain/backing_ref.h"
 #include "core/render/render.h"
+#include "fs/chain_nodes.h"
 
 namespace chainfs::fs {
 
@@ -36,17 +36,12 @@ NodeAttr AttrFromStat(const core::FileStat& st, uint32_t mode) {
   return a;
 }
 
-std::optional<int> ParseIndex(const std::string& name) {
-  if (name.empty() || name.size() > 4 || (name.size() > 1 && name[0] == '0')) return std::nullopt;
-  int value = 0;
-  auto [ptr, ec] = std::from_chars(name.data(), name.data() + name.size(), value);
-  if (ec != std::errc() || ptr != name.data() + name.size() || value < 0) return std::nullopt;
-  return value;
-}
 
-bool Contains(const std::vector<std::string>& names, const std::string& name) {
-  return std::find(names.begin(), names.end(), name) != names.end();
-}
+
+using chain_nodes::Contains;
+
+const chain_nodes::Kinds kVolumeKinds{NodeKind::kElementDir, NodeKind::kElementFile,
+                                      NodeKind::kElementLink, &ElementFileNames()};
 
 Status NotFound(const NodeKey& key) { return Error(Code::kNotFound, "{}: no such node", key.Path()); }
 
@@ -249,28 +244,23 @@ Result<NodeKey> Tree::Lookup(const NodeKey& parent, const std::string& name) {
       return key;
     }
     case NodeKind::kChainDir: {
-      std::optional<int> index = ParseIndex(name);
-      if (!index) break;
+      if (!chain_nodes::ParseIndex(name)) break;
       auto snap = VolumeChain(parent.pool, parent.volume);
       if (!snap.ok()) return snap.status();
       if (IsDirVolumeChain((*snap)->chain())) break;
-      if (*index >= int((*snap)->chain().elements.size())) break;
-      NodeKey key{NodeKind::kElementDir, parent.pool, parent.volume, *index};
-      return key;
+      if (auto key = chain_nodes::LookupElement(parent, name, (*snap)->chain(), kVolumeKinds)) {
+        return *key;
+      }
+      break;
     }
     case NodeKind::kElementDir: {
       auto snap = VolumeChain(parent.pool, parent.volume);
       if (!snap.ok()) return snap.status();
-      if (parent.index >= int((*snap)->chain().elements.size())) break;
-      if (name == kVolumeLinkName) {
-        NodeKey key{NodeKind::kElementLink, parent.pool, parent.volume, parent.index};
-        if (!LinkTarget(key, **snap).ok()) break;
-        return key;
-      }
-      if (!Contains(ElementFileNames(), name)) break;
-      NodeKey key{NodeKind::kElementFile, parent.pool, parent.volume, parent.index};
-      key.file = name;
-      return key;
+      auto key = chain_nodes::LookupInElement(
+          parent, name, (*snap)->chain(), kVolumeKinds,
+          [&](const NodeKey& link) { return LinkTarget(link, **snap).ok(); });
+      if (key) return *key;
+      break;
     }
     default:
       return Error(Code::kInvalidArgument, "{}: not a directory", parent.Path());
@@ -318,23 +308,15 @@ Result<std::vector<DirEntry>> Tree::List(const NodeKey& key) {
       auto snap = VolumeChain(key.pool, key.volume);
       if (!snap.ok()) return snap.status();
       if (IsDirVolumeChain((*snap)->chain())) return NotFound(key);
-      for (size_t i = 0; i < (*snap)->chain().elements.size(); ++i) {
-        out.push_back({std::to_string(i), NodeKey{NodeKind::kElementDir, key.pool, key.volume, int(i)}});
-      }
-      return out;
+      return chain_nodes::ListElements(key, (*snap)->chain(), kVolumeKinds);
     }
     case NodeKind::kElementDir: {
       auto snap = VolumeChain(key.pool, key.volume);
       if (!snap.ok()) return snap.status();
       if (key.index >= int((*snap)->chain().elements.size())) return NotFound(key);
-      for (const std::string& name : ElementFileNames()) {
-        NodeKey f{NodeKind::kElementFile, key.pool, key.volume, key.index};
-        f.file = name;
-        out.push_back({name, f});
-      }
-      NodeKey link{NodeKind::kElementLink, key.pool, key.volume, key.index};
-      if (LinkTarget(link, **snap).ok()) out.push_back({kVolumeLinkName, link});
-      return out;
+      return chain_nodes::ListElement(
+          key, (*snap)->chain(), kVolumeKinds,
+          [&](const NodeKey& link) { return LinkTarget(link, **snap).ok(); });
     }
     default:
       return Error(Code::kInvalidArgument, "{}: not a directory", key.Path());
