@@ -173,10 +173,10 @@ Result<MapExtent> ChainReader::MapOne(uint64_t offset, uint64_t length) const {
     e.length = std::min(st->length, length);
     e.depth = int(depth);
     e.offset = st->host_offset;
-    if (e.offset) e.file = img.HostPath(st->in_data_file);
+    if (e.offset) e.file = st->host_path ? *st->host_path : img.HostPath(st->in_data_file);
     if (st->allocation != Allocation::kUnallocated) {
       e.present = true;
-      e.zero = st->allocation == Allocation::kZero;
+      e.zero = st->allocation == Allocation::kZero || st->reads_zero;
       e.data = st->allocation == Allocation::kData;
       e.compressed = st->compressed;
       return e;

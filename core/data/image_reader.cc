@@ -1,7 +1,9 @@
 #include "core/data/image_reader.h"
 
+#include "core/data/format_readers.h"
 #include "core/data/qcow2_reader.h"
 #include "core/data/raw_reader.h"
+#include "core/io/file.h"
 
 namespace chainfs::core {
 
@@ -9,6 +11,10 @@ Result<std::unique_ptr<ImageReader>> OpenImageReader(const ChainElement& element
                                                      uint64_t l2_cache_max_bytes) {
   if (element.network) {
     return Error(Code::kUnsupported, "'{}' is a network source; its bytes are not read",
+                 element.path);
+  }
+  if (element.format == "luks") {
+    return Error(Code::kUnsupported, "'{}': LUKS data needs a key; chainfs reads no key",
                  element.path);
   }
   if (element.meta && element.meta->encrypted) {
@@ -28,6 +34,26 @@ Result<std::unique_ptr<ImageReader>> OpenImageReader(const ChainElement& element
     Result<std::unique_ptr<RawReader>> r = RawReader::Open(element.path);
     if (!r.ok()) return r.status();
     return std::unique_ptr<ImageReader>(std::move(*r));
+  }
+  using Opener = Result<std::unique_ptr<ImageReader>> (*)(std::unique_ptr<Reader>,
+                                                          const std::string&);
+  static constexpr struct {
+    std::string_view format;
+    Opener open;
+  } kTableFormats[] = {{"qed", OpenQedReader},   {"vdi", OpenVdiReader},
+                       {"vpc", OpenVpcReader},   {"vhdx", OpenVhdxReader},
+                       {"qcow", OpenQcowReader}, {"vmdk", nullptr}};
+  for (const auto& f : kTableFormats) {
+    if (element.format != f.format) continue;
+    Result<File> file = File::OpenRead(element.path);
+    if (!file.ok()) return file.status();
+    auto image = std::make_unique<File>(std::move(*file));
+    if (f.open != nullptr) return f.open(std::move(image), element.path);
+    VmdkReaderOptions opts;
+    // DESIGN section 3, as for a qcow2 data file: a probed descriptor may
+    // name only extent files next to it.
+    opts.follow_any_extent = element.format_source == FormatSource::kMetadata;
+    return OpenVmdkReader(std::move(image), element.path, opts);
   }
   if (element.format.empty()) {
     return Error(Code::kUnsupported, "the format of '{}' is not known", element.path);

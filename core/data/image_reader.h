@@ -41,6 +41,12 @@ struct BlockStatus {
   // For one compressed cluster: where its compressed bytes are.
   uint64_t compressed_offset = 0;
   uint64_t compressed_size = 0;
+  // The file host_offset refers to when it is neither the image nor its data
+  // file (a vmdk extent file); points into the reader, valid while it lives.
+  const std::string* host_path = nullptr;
+  // For kData: the host range is known to read as zeros (qemu's DATA|ZERO,
+  // a hole in a vmdk flat extent).
+  bool reads_zero = false;
 };
 
 // Reads the guest-visible bytes of one image, backing ignored.
@@ -65,8 +71,9 @@ class ImageReader {
   virtual L2CacheStats CacheStats() const { return {}; }
 };
 
-// Opens the reader for one resolved chain element: qcow2 (v2, v3) or raw.
-// kUnsupported for other formats, network sources and encrypted images;
+// Opens the reader for one resolved chain element: qcow2 (v2, v3), raw, qed,
+// vdi, vpc, vhdx, vmdk, qcow (v1). kUnsupported for other formats (luks
+// among them: chainfs holds no key), network sources and encrypted images;
 // kPermissionDenied for an external data file of an image whose format was
 // probed (DESIGN section 3); kCorrupt for unusable tables; open errors as
 // File::OpenRead gives them.

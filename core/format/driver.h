@@ -20,6 +20,25 @@ namespace chainfs::core {
 // descriptor at 32769 (libvirt reads the same amount).
 inline constexpr size_t kProbeBytes = 0x8200;
 
+// Where an image keeps its block tables and data, for the data path
+// (core/data): filled by the drivers whose formats map guest bytes through a
+// table (qed, vdi, vpc, vhdx, a vmdk sparse extent, qcow). Offsets are bytes
+// in the image file, as recorded: the reader checks every one against the
+// file size before use. Fields a format has no use for stay 0.
+struct BlockLayout {
+  uint64_t table_offset = 0;   // qed/qcow L1, vdi block map, vpc/vhdx BAT, vmdk grain directory
+  uint64_t table_entries = 0;  // entries of that table
+  uint64_t block_bytes = 0;    // guest bytes one lowest-level entry maps
+  uint64_t l2_entries = 0;     // entries per second-level table (qed, qcow L2, vmdk grain table)
+  uint64_t data_offset = 0;    // vdi: offset_data; qed: header bytes (no cluster lies before)
+  uint32_t type = 0;           // vdi image type (1 dynamic, 2 static); vpc disk type (2, 3, 4)
+  uint32_t sector_size = 0;    // vhdx logical sector size
+  uint32_t flags = 0;          // vmdk sparse header flags
+  bool has_parent = false;     // vhdx: a differencing image
+  bool log_pending = false;    // vhdx: the current header names an active log
+  bool compressed = false;     // vmdk: grains are deflate-compressed (streamOptimized)
+};
+
 // Metadata of one image file, as read from its own header. Immutable once
 // built; shared as std::shared_ptr<const ImageMeta>.
 struct ImageMeta {
@@ -45,6 +64,9 @@ struct ImageMeta {
   // image's own allocation in its "actual-size"; 0 for one-file formats.
   // Measured when the metadata was built (FormatDriver::AttachPath).
   uint64_t external_allocation = 0;
+  // Table locations for reading the data (see BlockLayout); absent for
+  // formats read without one (raw, qcow2, which parses its own header).
+  std::optional<BlockLayout> layout;
 };
 
 // Returns qemu-img's "actual-size" of an image whose own file has

@@ -57,8 +57,18 @@ class QcowDriver final : public FormatDriver {
       return Error(Code::kCorrupt, "qcow: image size {} is too large", size);
     }
 
+    uint64_t l1_offset = LoadBe64(h + 40);
+    uint64_t l1_entries = (size + (uint64_t{1} << shift) - 1) >> shift;
+    // Not checked here (the metadata does not need it): the data path
+    // checks the table against the file size.
     ImageMeta m;
     m.format = "qcow";
+    BlockLayout layout;
+    layout.table_offset = l1_offset;
+    layout.table_entries = l1_entries;
+    layout.block_bytes = uint64_t{1} << cluster_bits;
+    layout.l2_entries = uint64_t{1} << l2_bits;
+    m.layout = layout;
     m.virtual_size = size / 512 * 512;  // QEMU counts whole sectors
     m.cluster_size = uint64_t{1} << cluster_bits;
     if (crypt_method == 1) {

@@ -81,6 +81,13 @@ class QedDriver final : public FormatDriver {
     m.virtual_size = image_size;
     m.cluster_size = cluster_size;
     m.dirty = (features & kFeatureNeedCheck) != 0;
+    BlockLayout layout;
+    layout.table_offset = l1_offset;
+    layout.table_entries = uint64_t{table_size} * cluster_size / 8;
+    layout.l2_entries = layout.table_entries;
+    layout.block_bytes = cluster_size;
+    layout.data_offset = header_bytes;
+    m.layout = layout;
     if (features & kFeatureBackingFile) {
       if (uint64_t{backing_offset} + backing_size > header_bytes) {
         return Error(Code::kCorrupt, "qed: backing file name lies outside the header");

@@ -84,6 +84,13 @@ class VdiDriver final : public FormatDriver {
     // VBoxManage can write odd sizes; QEMU ignores the partial last sector.
     m.virtual_size = disk_size / 512 * 512;
     m.cluster_size = block_size;
+    BlockLayout layout;
+    layout.table_offset = offset_bmap;
+    layout.table_entries = blocks;
+    layout.block_bytes = block_size;
+    layout.data_offset = offset_data;
+    layout.type = image_type;
+    m.layout = layout;
     return m;
   }
 };

@@ -229,6 +229,14 @@ class VhdxDriver final : public FormatDriver {
     }
     m.virtual_size = *disk_size;
     m.cluster_size = *block_size;
+    BlockLayout layout;
+    layout.table_offset = bat_offset;
+    layout.table_entries = bat_length / 8;
+    layout.block_bytes = *block_size;
+    layout.sector_size = *sector_size;
+    layout.has_parent = has_parent;
+    layout.log_pending = current.log_pending;
+    m.layout = layout;
     return m;
   }
 };

@@ -260,6 +260,15 @@ Result<ImageMeta> ParseVmdk4(const Reader& r) {
 
   m.virtual_size = capacity * 512;
   m.cluster_size = granularity * 512;
+  BlockLayout layout;
+  layout.table_offset = gd_offset * 512;
+  layout.table_entries = l1_entries;
+  layout.block_bytes = granularity * 512;
+  layout.l2_entries = gtes_per_gt;
+  layout.data_offset = grain_offset * 512;
+  layout.flags = LoadLe32(h + 8);
+  layout.compressed = compressed;
+  m.layout = layout;
   SetBacking(d, m);
   Json extents = Json::MakeArray();
   extents.Push(ExtentJson("", "", capacity, granularity * 512, compressed));

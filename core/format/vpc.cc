@@ -88,6 +88,8 @@ class VpcDriver final : public FormatDriver {
       return Error(Code::kUnsupported, "vpc: {} sectors exceed the 2040 GiB limit", sectors);
     }
     m.virtual_size = sectors * 512;
+    BlockLayout layout;
+    layout.type = disk_type;
 
     if (disk_type != kTypeFixed) {
       uint64_t dyn_offset = LoadBe64(f + 16);
@@ -113,12 +115,16 @@ class VpcDriver final : public FormatDriver {
                      table_offset);
       }
       m.cluster_size = block_size;
+      layout.table_offset = table_offset;
+      layout.table_entries = max_entries;
+      layout.block_bytes = block_size;
       if (disk_type == kTypeDifferencing) {
         m.problems.push_back(
             "vpc: differencing VHD; QEMU does not follow its parent, so the guest sees only this "
             "layer");
       }
     }
+    m.layout = layout;
     return m;
   }
 };
