@@ -76,9 +76,9 @@ class ChainReader : public Reader {
   // (walked to its base with no problem stopping it): otherwise the error
   // carries the first problem's message (kNotFound for a missing backing
   // file, kPermissionDenied for an unreadable one, kUnsupported for an
-  // undeclared backing format, kCorrupt otherwise). Each element must be
-  // qcow2 or raw (kUnsupported otherwise, and for network sources and
-  // encrypted images); errors of OpenImageReader otherwise.
+  // undeclared backing format, kCorrupt otherwise). Each element must be of
+  // a format OpenImageReader reads (kUnsupported otherwise, and for network
+  // sources, luks and encrypted images); errors of OpenImageReader otherwise.
   static Result<std::unique_ptr<ChainReader>> Open(const Chain& chain,
                                                    const ChainReaderOptions& options = {});
   // Stacks already opened readers, top first (for tests). kInvalidArgument

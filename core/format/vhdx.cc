@@ -74,6 +74,43 @@ struct VhdxHeader {
   bool log_pending = false;
 };
 
+constexpr uint64_t kLogSector = 4096;
+constexpr size_t kLogEntryHeaderSize = 64;
+// The longest log entry checked; a longer one counts as pending (refused
+// rather than guessed at).
+constexpr uint64_t kMaxLogEntryBytes = 32 << 20;
+
+// Says whether the circular log at [offset, offset + length) holds an entry
+// that qemu would replay: signature "loge", the header's log GUID, a length
+// that is a whole number of 4 KiB sectors and fits the log, and a valid
+// CRC-32C. (qemu: a log GUID with no such entry leaves nothing to replay.)
+// Log entry header: 0 "loge"  4 checksum  8 entry_length  16 sequence
+// 24 descriptor_count  32 log_guid[16].
+Result<bool> LogHasEntries(const Reader& r, uint64_t offset, uint64_t length, const uint8_t* guid) {
+  if (length == 0 || length % kLogSector != 0 || !RangeWithin(offset, length, r.Size())) {
+    return true;  // no log qemu could read: cannot tell it is empty
+  }
+  for (uint64_t at = 0; at < length; at += kLogSector) {
+    uint8_t h[kLogEntryHeaderSize];
+    CHAINFS_RETURN_IF_ERROR(ReadExact(r, offset + at, h, "vhdx log entry"));
+    if (std::memcmp(h, "loge", 4) != 0 || std::memcmp(h + 32, guid, 16) != 0) continue;
+    const uint64_t entry_length = LoadLe32(h + 8);
+    if (entry_length == 0 || entry_length % kLogSector != 0 || entry_length > length) continue;
+    if (entry_length > kMaxLogEntryBytes) return true;
+    std::vector<uint8_t> entry(entry_length);
+    // The log is circular: an entry may wrap to its start.
+    const uint64_t first = std::min(entry_length, length - at);
+    CHAINFS_RETURN_IF_ERROR(
+        ReadExact(r, offset + at, std::span(entry.data(), first), "vhdx log entry"));
+    if (first < entry_length) {
+      CHAINFS_RETURN_IF_ERROR(ReadExact(
+          r, offset, std::span(entry.data() + first, entry_length - first), "vhdx log entry"));
+    }
+    if (LoadLe32(h + 4) == Crc32cSkippingChecksum(entry)) return true;
+  }
+  return false;
+}
+
 Result<VhdxHeader> ReadHeader(const Reader& r, uint64_t offset) {
   std::vector<uint8_t> h(kHeaderSize);
   CHAINFS_RETURN_IF_ERROR(ReadExact(r, offset, h, "vhdx header"));
@@ -84,7 +121,13 @@ Result<VhdxHeader> ReadHeader(const Reader& r, uint64_t offset) {
   out.valid = true;
   out.sequence = LoadLe64(h.data() + 8);
   const uint8_t* log_guid = h.data() + 48;
-  out.log_pending = std::any_of(log_guid, log_guid + 16, [](uint8_t b) { return b != 0; });
+  if (std::any_of(log_guid, log_guid + 16, [](uint8_t b) { return b != 0; })) {
+    // 68 log_length (u32)  72 log_offset (u64)
+    Result<bool> pending =
+        LogHasEntries(r, LoadLe64(h.data() + 72), LoadLe32(h.data() + 68), log_guid);
+    if (!pending.ok()) return pending.status();
+    out.log_pending = *pending;
+  }
   return out;
 }
 
