@@ -223,8 +223,17 @@ Result<NodeAttr> Tree::DomainNodeAttr(const NodeKey& key) {
   a.uid = owner_uid_;
   a.gid = owner_gid_;
   a.atime = a.mtime = a.ctime = mount_time_;
+  if (!DomainsEnabled()) return NotFound(key);
+  // The kernel may keep what it got while inotify reports every change of
+  // both folders (the watcher then drops it, fs/watcher.cc) and, for a
+  // disk's nodes, of every image of its chain.
+  const core::DomainSources sources = domains_->sources();
+  const bool folders_watched =
+      (sources.domain_dir.empty() ||
+       chains_.WatchesDir(core::NormalizePathLexically(sources.domain_dir))) &&
+      (sources.run_dir.empty() || chains_.WatchesDir(core::NormalizePathLexically(sources.run_dir)));
+  a.watched = folders_watched;
   if (key.kind == NodeKind::kDomainsDir) {
-    if (!DomainsEnabled()) return NotFound(key);
     a.mode = S_IFDIR | 0555;
     return a;
   }
@@ -241,6 +250,12 @@ Result<NodeAttr> Tree::DomainNodeAttr(const NodeKey& key) {
     bits = st->mode & kReadBits;
   }
   const uint32_t dir_mode = S_IFDIR | bits | (bits >> 2);
+  if (key.kind != NodeKind::kDomainDir && key.kind != NodeKind::kDomainFile) {
+    Result<DiskState> d = Disk(key.pool, key.volume);
+    if (!d.ok()) return d.status();
+    a.chain = d->snap;
+    a.watched = folders_watched && d->snap->watched();
+  }
   Result<std::string> text = Error(Code::kNotFound, "");
   switch (key.kind) {
     case NodeKind::kDomainDir:

@@ -200,4 +200,14 @@ void InvalidateKernelAll(FsState& fs) {
   Notify(fs, se, inodes);
 }
 
+void InvalidateKernelDomains(FsState& fs) {
+  struct fuse_session* se = fs.session;
+  if (se == nullptr) return;
+  std::vector<uint64_t> inodes;
+  for (const auto& [ino, key] : fs.nodes.FindByPrefix("")) {
+    if (key.IsDomainNode()) inodes.push_back(ino);
+  }
+  Notify(fs, se, inodes);
+}
+
 }  // namespace chainfs::fs

@@ -111,5 +111,8 @@ class ScopedRequestInode {
 void InvalidateKernelImages(FsState& fs, const std::vector<std::string>& paths);
 // The same for every node of the mount but the root and .chainfs.
 void InvalidateKernelAll(FsState& fs);
+// Drops the kernel's attributes, pages and listings of every node under
+// MOUNT/.domains (a domain or status file changed).
+void InvalidateKernelDomains(FsState& fs);
 
 }  // namespace chainfs::fs

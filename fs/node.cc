@@ -82,8 +82,8 @@ const std::vector<std::string>& ControlFileNames() {
 
 const std::vector<std::string>& VolumeFileNames() {
   static const std::vector<std::string> names = {
-      "allocation", "backing",  "backing_format", "capacity", "disk.xml",
-      "format",     "info",     "info.json",      "problems", "rebase",   "users",
+      "allocation", "backing", "backing_format", "capacity", "data",   "disk.xml", "format",
+      "info",       "info.json", "map",           "map.json", "problems", "rebase", "users",
       "volume.xml"};
   return names;
 }
@@ -94,8 +94,8 @@ const std::vector<std::string>& DomainFileNames() {
 }
 
 const std::vector<std::string>& DiskFileNames() {
-  static const std::vector<std::string> names = {"disk.xml", "format",   "info", "info.json",
-                                                 "problems", "source",   "type"};
+  static const std::vector<std::string> names = {"data",     "disk.xml", "format", "info",
+                                                 "info.json", "problems", "source", "type"};
   return names;
 }
 
@@ -108,7 +108,8 @@ const std::vector<std::string>& DiskElementFileNames() {
 
 const std::vector<std::string>& ElementFileNames() {
   static const std::vector<std::string> names = {"allocation", "backing", "backing_format",
-                                                 "capacity",   "format",  "path"};
+                                                 "capacity",   "data",    "format",
+                                                 "path"};
   return names;
 }
 

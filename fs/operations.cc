@@ -457,6 +457,13 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_
                                      "{} is write-only: write a libvirt <volume> XML to it",
                                      kCreateFileName));
     }
+    if (Tree::IsDataNode(*key)) {
+      // Guest bytes, read from the chain for this request (DESIGN section 9).
+      Result<std::string> bytes = fs.tree.ReadData(*key, CallerOf(req), uint64_t(std::max<off_t>(off, 0)), size);
+      if (!bytes.ok()) return ReplyStatus(req, fs, Op::kRead, key->Path(), bytes.status());
+      fuse_reply_buf(req, bytes->data(), bytes->size());
+      return;
+    }
     Status may = fs.tree.Authorize(*key, CallerOf(req));
     if (!may.ok()) return ReplyStatus(req, fs, Op::kRead, key->Path(), may);
     std::optional<KernelCache::Version> v = fs.kcache.Current(ino);
@@ -472,6 +479,46 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_
     const std::string& c = v->bytes;
     size_t n = std::min(size, c.size() - size_t(off));
     fuse_reply_buf(req, c.data() + off, n);
+  });
+}
+
+// SEEK_DATA / SEEK_HOLE: for data files from the chain's allocation map
+// (cp --sparse, qemu-img convert and tar -S skip holes); every other file
+// is all data. SEEK_SET/CUR/END never reach the daemon.
+void OpLseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info*) {
+  Guarded(req, Op::kLseek, [&](FsState& fs) {
+    core::QuietEpochScope quiet;  // read-only request: one epoch sample
+    Result<NodeKey> key = KeyOf(fs, ino);
+    if (!key.ok()) return ReplyStatus(req, fs, Op::kLseek, "-", key.status());
+    if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+      fuse_reply_err(req, EINVAL);
+      return;
+    }
+    if (off < 0) {
+      fuse_reply_err(req, ENXIO);
+      return;
+    }
+    if (Tree::IsDataNode(*key)) {
+      Status may = fs.tree.Authorize(*key, CallerOf(req));
+      if (!may.ok()) return ReplyStatus(req, fs, Op::kLseek, key->Path(), may);
+      Result<uint64_t> at = fs.tree.SeekData(*key, uint64_t(off), whence == SEEK_DATA);
+      if (!at.ok()) {
+        if (at.status().code() == core::Code::kNotFound) {
+          fuse_reply_err(req, ENXIO);
+          return;
+        }
+        return ReplyStatus(req, fs, Op::kLseek, key->Path(), at.status());
+      }
+      fuse_reply_lseek(req, off_t(*at));
+      return;
+    }
+    Result<NodeAttr> attr = Describe(fs, ino, *key);
+    if (!attr.ok()) return ReplyStatus(req, fs, Op::kLseek, key->Path(), attr.status());
+    if (uint64_t(off) >= attr->size) {
+      fuse_reply_err(req, ENXIO);
+      return;
+    }
+    fuse_reply_lseek(req, whence == SEEK_DATA ? off : off_t(attr->size));
   });
 }
 
@@ -620,6 +667,7 @@ const struct fuse_lowlevel_ops& MakeOperations() {
     o.readdirplus = OpReaddirplus;
     o.open = OpOpen;
     o.read = OpRead;
+    o.lseek = OpLseek;
     o.write = OpWrite;
     o.statfs = OpStatfs;
     o.symlink = OpSymlink;

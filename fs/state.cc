@@ -27,6 +27,7 @@ const char* OpName(Op op) {
     case Op::kUnlink: return "unlink";
     case Op::kCreate: return "create";
     case Op::kFlush: return "flush";
+    case Op::kLseek: return "lseek";
     case Op::kCount: break;
   }
   return "?";

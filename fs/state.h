@@ -45,6 +45,7 @@ enum class Op : int {
   kOpen, kRead, kRelease, kStatfs, kWrite,
   // The write side (fs/write_ops.h).
   kSymlink, kRename, kRmdir, kMkdir, kUnlink, kCreate, kFlush,
+  kLseek,
   kCount
 };
 // Names an Op ("lookup").

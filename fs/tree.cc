@@ -57,7 +57,8 @@ const core::FileStat* OwnerStat(const core::Chain& chain, int index) {
 // How many elements (from the top) a volume-level file draws on.
 size_t ElementsDrawnOn(const std::string& file, size_t chain_size) {
   if (file == "volume.xml") return std::min<size_t>(2, chain_size);
-  if (file == "info" || file == "info.json" || file == "disk.xml" || file == "problems") {
+  if (file == "info" || file == "info.json" || file == "disk.xml" || file == "problems" ||
+      file == "data" || file == "map" || file == "map.json") {
     return chain_size;
   }
   return std::min<size_t>(1, chain_size);
@@ -89,6 +90,12 @@ uint32_t SharedReadBits(const core::FileStat& own, const core::Chain& chain, siz
 // How many elements (from the top) element file or link `index` draws on.
 size_t ElementDrawsOn(int index, size_t chain_size) {
   return std::min<size_t>(size_t(std::max(index, 0)) + 1, chain_size);
+}
+
+// The same for an element file named `file`: chain/N/data reads N and every
+// element below it (and, conservatively, those above: the whole chain).
+size_t ElementFileDrawsOn(const std::string& file, int index, size_t chain_size) {
+  return file == "data" ? chain_size : ElementDrawsOn(index, chain_size);
 }
 
 // Returns true if a directory volume (a subdirectory of a dir pool, libvirt's
@@ -373,6 +380,7 @@ Result<std::string> Tree::RenderChainFile(const NodeKey& key, const ChainSnapsho
     return rebase_renderer_ ? rebase_renderer_(v->path) : std::string();
   }
   if (f == "users") return RenderVolumeUsers(key.pool, key.volume);  // others' chains: not memoized
+  if (f == "map" || f == "map.json") return RenderMap(key, snap);
   if (f == "volume.xml" || f == "disk.xml") {
     // As chainctl: an image whose own header cannot be read has no XML.
     if (!chain.elements[0].meta) {
@@ -391,6 +399,7 @@ Result<std::string> Tree::RenderChainFile(const NodeKey& key, const ChainSnapsho
 }
 
 Result<NodeAttr> Tree::GetAttr(const NodeKey& key) {
+  if (IsDataNode(key)) return DataAttr(key);
   if (key.IsDomainNode()) return DomainNodeAttr(key);
   NodeAttr a;
   a.uid = owner_uid_;
@@ -513,7 +522,7 @@ Status Tree::CheckAccess(const NodeKey& key, const ChainSnapshot& snap, const Ca
   if (key.kind == NodeKind::kVolumeFile) {
     count = ElementsDrawnOn(key.file, chain.elements.size());
   } else if (key.kind == NodeKind::kElementFile || key.kind == NodeKind::kElementLink) {
-    count = ElementDrawsOn(key.index, chain.elements.size());
+    count = ElementFileDrawsOn(key.file, key.index, chain.elements.size());
   }
   for (size_t i = 0; i < count; ++i) {
     const core::ChainElement& e = chain.elements[i];

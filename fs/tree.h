@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <list>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "core/chain/inspector.h"
+#include "core/data/chain_reader.h"
 #include "core/domain/domain_catalog.h"
 #include "core/domain/domain_view.h"
 #include "core/pool/catalog.h"
@@ -106,6 +108,17 @@ class Tree {
     inspector_ = inspector;
   }
 
+  // The data view (fs/data_files.cc, DESIGN section 9): VOL/data,
+  // VOL/chain/N/data and .domains/D/T/data serve guest bytes.
+  static bool IsDataNode(const NodeKey& key);
+  // Reads at most `size` guest bytes at `off` of data node `key` for
+  // `caller` (the access rule of Read); fewer at the end.
+  core::Result<std::string> ReadData(const NodeKey& key, const Caller& caller, uint64_t off,
+                                     size_t size);
+  // Returns the offset SEEK_DATA (`data`) or SEEK_HOLE finds from `off`;
+  // kNotFound (ENXIO) past the end or, for SEEK_DATA, when only holes follow.
+  core::Result<uint64_t> SeekData(const NodeKey& key, uint64_t off, bool data);
+
   // One domain disk whose chain holds an image (for VOL/users and the
   // write side's refusals).
   struct DomainUse {
@@ -130,6 +143,26 @@ class Tree {
   core::Status CheckAccess(const NodeKey& key, const ChainSnapshot& snap, const Caller& caller);
   core::Result<std::string> LinkTarget(const NodeKey& key, const ChainSnapshot& snap);
   std::vector<DirEntry> PoolEntries(const std::string& pool);
+  // The chain a data node reads, from its first element (chain/N: N), and
+  // an open reader over it (cached by snapshot).
+  struct DataSource {
+    std::shared_ptr<const ChainSnapshot> snap;
+    size_t from = 0;
+  };
+  core::Result<DataSource> DataSourceOf(const NodeKey& key);
+  core::Result<std::shared_ptr<const core::ChainReader>> ReaderFor(const DataSource& source);
+  core::Result<NodeAttr> DataAttr(const NodeKey& key);
+  // Renders VOL/map or VOL/map.json.
+  core::Result<std::string> RenderMap(const NodeKey& key, const ChainSnapshot& snap);
+  struct OpenReader {
+    std::shared_ptr<const ChainSnapshot> snap;  // keeps the key's pointer valid
+    size_t from = 0;
+    std::shared_ptr<const core::ChainReader> reader;
+  };
+  std::mutex readers_mu_;
+  std::list<OpenReader> readers_;  // guarded by readers_mu_; front = newest
+  static constexpr size_t kMaxOpenReaders = 32;
+
   // VOL/users: the domain disks and the other volumes whose chain holds it.
   core::Result<std::string> RenderVolumeUsers(const std::string& pool, const std::string& volume);
 

@@ -13,12 +13,17 @@
 #include <cstring>
 #include <vector>
 
+#include "core/domain/domain_view.h"
 #include "fs/fuse_api.h"
 #include "fs/kernel_cache.h"
 
 namespace chainfs::fs {
 
 namespace {
+
+// The "pool" of the watches on the domain and run folders (pool names
+// never hold control characters).
+constexpr const char* kDomainsWatch = "\x01domains";
 
 constexpr uint32_t kWatchMask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_MODIFY |
                                 IN_CLOSE_WRITE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF |
@@ -186,6 +191,10 @@ void Watcher::WatchPools() {
   for (const core::PoolDef& pool : state_.catalog.Pools()) {
     if (pool.Browsable()) AddWatch(pool.target_path, pool.name);
   }
+  const core::DomainSources domains = state_.domains.sources();
+  for (const std::string& dir : {domains.domain_dir, domains.run_dir}) {
+    if (!dir.empty()) AddWatch(dir, kDomainsWatch);
+  }
   epoch_.fetch_add(1);
 }
 
@@ -309,6 +318,13 @@ void Watcher::HandleEvents(size_t length) {
       watches_.erase(it);
       continue;
     }
+    if (pool == kDomainsWatch) {
+      // A definition or status file: the catalog rereads at its next use;
+      // the kernel drops what it keeps of .domains.
+      state_.domains.Invalidate();
+      pending_domains_ = true;
+      continue;
+    }
     if (!pool.empty()) {
       if (ev.mask & (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF |
                      IN_MOVE_SELF | IN_ATTRIB)) {
@@ -344,6 +360,7 @@ void Watcher::Flush() {
     pending_entries_.clear();
     pending_paths_.clear();
     pending_all_ = false;
+    pending_domains_ = false;
     return;
   }
   // Collect first (the node table locks internally), then notify unlocked.
@@ -360,6 +377,23 @@ void Watcher::Flush() {
   pending_paths_.clear();
   bool all = pending_all_;
   pending_all_ = false;
+  if (pending_domains_) {
+    pending_domains_ = false;
+    // Every domain and disk name the kernel holds an entry for: those that
+    // are gone get their entry invalidated (KernelEntryStale decides).
+    for (const auto& [ino, key] : state_.nodes.FindByPrefix("")) {
+      if (key.kind == NodeKind::kDomainDir) {
+        if (auto dir = state_.nodes.Find(NodeKey(NodeKind::kDomainsDir))) {
+          entries.emplace_back(*dir, key.pool);
+        }
+      } else if (key.kind == NodeKind::kDiskDir) {
+        if (auto dir = state_.nodes.Find(NodeKey(NodeKind::kDomainDir, key.pool))) {
+          entries.emplace_back(*dir, key.volume);
+        }
+      }
+    }
+    if (!all) InvalidateKernelDomains(state_);
+  }
   // Inodes first: attributes and pages never need a directory lock.
   if (all) {
     InvalidateKernelAll(state_);
@@ -376,6 +410,15 @@ bool Watcher::KernelEntryStale(uint64_t parent, const std::string& name) {
   if (dir->kind == NodeKind::kRoot) {
     if (!state_.nodes.Find(NodeKey(NodeKind::kPoolDir, name))) return false;
     return !state_.catalog.FindPool(name).has_value();
+  }
+  if (dir->kind == NodeKind::kDomainsDir) {
+    if (!state_.nodes.Find(NodeKey(NodeKind::kDomainDir, name))) return false;
+    return state_.domains.Find(name) == nullptr;
+  }
+  if (dir->kind == NodeKind::kDomainDir) {
+    if (!state_.nodes.Find(NodeKey(NodeKind::kDiskDir, dir->pool, name))) return false;
+    std::shared_ptr<const core::DomainEntry> entry = state_.domains.Find(dir->pool);
+    return !entry || core::ShownDisk(*entry, name) == nullptr;
   }
   if (dir->kind != NodeKind::kPoolDir) return false;
   // A name the kernel holds no inode for has no positive entry, and

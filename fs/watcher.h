@@ -94,6 +94,7 @@ class Watcher : public core::ChangeMonitor {
   std::set<std::pair<std::string, std::string>> pending_entries_;  // (pool, name)
   std::set<std::string> pending_paths_;  // files that changed (dir/name)
   bool pending_all_ = false;
+  bool pending_domains_ = false;  // a domain or status file changed
   bool flush_armed_ = false;
   bool exiting_ = false;
 

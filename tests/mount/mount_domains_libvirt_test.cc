@@ -50,6 +50,17 @@ std::vector<std::string> Flatten(const std::string& xml, const std::string& targ
 
 class MountDomainsLibvirtTest : public MountTest {
  protected:
+  // Expects `path` to read `expected` within a few seconds (the inotify
+  // watcher drops what the kernel kept; the daemon answers exactly at once).
+  void ExpectSoon(const std::string& path, const std::string& expected) {
+    std::string got;
+    for (int i = 0; i < 500; ++i) {
+      got = ReadFile(path, false);
+      if (got == expected) return;
+      ::usleep(10000);
+    }
+    EXPECT_EQ(got, expected) << path;
+  }
   static void SetUpTestSuite() { daemon_ = LibvirtDaemon::Start(); }
   static void TearDownTestSuite() { daemon_.reset(); }
   void SetUp() override {
@@ -87,7 +98,7 @@ TEST_F(MountDomainsLibvirtTest, DefineStartDestroyUndefineAreSeenOnTheNextAccess
 
   testutil::RunResult start = daemon_->StartDomain(kName);
   ASSERT_EQ(start.exit_code, 0) << start.err << daemon_->LibvirtdLogTail();
-  EXPECT_EQ(ReadFile(dom + "/state"), "running\n");
+  ExpectSoon(dom + "/state", "running\n");
   testutil::RunResult dump = daemon_->DumpXml(kName);
   ASSERT_EQ(dump.exit_code, 0) << dump.err;
   std::vector<std::string> live = Flatten(dump.out, "vda");
@@ -100,11 +111,15 @@ TEST_F(MountDomainsLibvirtTest, DefineStartDestroyUndefineAreSeenOnTheNextAccess
 
   testutil::RunResult destroy = daemon_->Destroy(kName);
   ASSERT_EQ(destroy.exit_code, 0) << destroy.err;
-  EXPECT_EQ(ReadFile(dom + "/state"), "shut off\n");
+  ExpectSoon(dom + "/state", "shut off\n");
   testutil::RunResult undef = daemon_->Undefine(kName);
   ASSERT_EQ(undef.exit_code, 0) << undef.err;
-  EXPECT_NE(::stat(dom.c_str(), &st), 0);
-  EXPECT_EQ(errno, ENOENT);
+  bool gone = false;
+  for (int i = 0; i < 500 && !gone; ++i) {
+    gone = ::stat(dom.c_str(), &st) != 0 && errno == ENOENT;
+    if (!gone) ::usleep(10000);
+  }
+  EXPECT_TRUE(gone);
   // libvirt chowned the images while the domain ran (DAC); their bytes are
   // what they were.
   std::map<std::string, std::string> after = testutil::DirectoryFingerprint(pool_);

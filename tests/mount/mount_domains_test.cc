@@ -50,6 +50,18 @@ class MountDomainsTest : public MountTest {
            "'/>\n      <source file='" + file + "'/>\n" + backing + "      <target dev='" +
            target + "' bus='virtio'/>\n    </disk>\n";
   }
+  // Expects `path` to read `expected` within a few seconds: a change made
+  // outside the mount reaches the kernel through the inotify watcher, which
+  // drops what the kernel kept (the daemon itself answers exactly at once).
+  void ExpectSoon(const std::string& path, const std::string& expected) {
+    std::string got;
+    for (int i = 0; i < 500; ++i) {
+      got = ReadFile(path, false);
+      if (got == expected) return;
+      ::usleep(10000);
+    }
+    EXPECT_EQ(got, expected) << path;
+  }
   bool MountDomains() { return MountPool({"--domain-dir", etc_, "--run-dir", run_}); }
   std::string Ctl(const std::vector<std::string>& args, int* rc = nullptr) {
     std::vector<std::string> all = {"--domain-dir", etc_, "--run-dir", run_};
@@ -137,17 +149,21 @@ TEST_F(MountDomainsTest, DefineStartDestroyUndefineShowOnTheNextAccess) {
       "'/><backingStore/></backingStore></backingStore><target dev='vda' bus='virtio'/></disk>"
       "</devices></domain></domstatus>\n";
   Put(run_, "vm1.xml", live);
-  EXPECT_EQ(ReadFile(M(".domains/vm1/state")), "running\n");
+  ExpectSoon(M(".domains/vm1/state"), "running\n");
   EXPECT_EQ(ReadFile(M(".domains/vm1/vda/problems")), "");
   std::string xml = ReadFile(M(".domains/vm1/vda/disk.xml"));
   EXPECT_NE(xml.find("index='3'"), std::string::npos) << xml;
   // destroy, then undefine.
   ASSERT_EQ(::unlink((run_ + "/vm1.xml").c_str()), 0);
-  EXPECT_EQ(ReadFile(M(".domains/vm1/state")), "shut off\n");
+  ExpectSoon(M(".domains/vm1/state"), "shut off\n");
   ASSERT_EQ(::unlink((etc_ + "/vm1.xml").c_str()), 0);
   struct stat st;
-  EXPECT_NE(::stat(M(".domains/vm1").c_str(), &st), 0);
-  EXPECT_EQ(errno, ENOENT);
+  bool gone = false;
+  for (int i = 0; i < 500 && !gone; ++i) {
+    gone = ::stat(M(".domains/vm1").c_str(), &st) != 0 && errno == ENOENT;
+    if (!gone) ::usleep(10000);
+  }
+  EXPECT_TRUE(gone);
 }
 
 TEST_F(MountDomainsTest, RunningDomainShowsDriftWhenItsImagesChangeUnderIt) {
@@ -167,7 +183,11 @@ TEST_F(MountDomainsTest, RunningDomainShowsDriftWhenItsImagesChangeUnderIt) {
   // Rebased (metadata only) under the running VM.
   MustRun({"qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-F", "raw", "-b", "other.raw",
            P("mid.qcow2")});
-  std::string problems = ReadFile(M(".domains/vm1/vda/problems"));
+  std::string problems;
+  for (int i = 0; i < 500 && problems.empty(); ++i) {
+    problems = ReadFile(M(".domains/vm1/vda/problems"));
+    if (problems.empty()) ::usleep(10000);
+  }
   EXPECT_NE(problems.find("1: drift: image '" + P("mid.qcow2") + "' now records backing '" +
                           P("other.raw") + "' (raw), but running domain 'vm1' was started on '" +
                           P("base.raw") + "' (raw)"),
