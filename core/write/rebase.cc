@@ -102,8 +102,11 @@ Status OpenNewChain(ImageInspector& inspector, const std::string& image_path,
   return Status::Ok();
 }
 
-// Copies into `writer` every cluster of the image's unallocated ranges where
-// `old_chain` and `new_chain` (null: all zeros) differ. Works chunk by
+// Copies into `writer` every cluster (subcluster on extended L2 images: the
+// writer's write unit, `unit_` here) of the image's unallocated ranges where
+// `old_chain` and `new_chain` (null: all zeros) differ. On extended L2 images
+// the subclusters left unallocated keep reading from the backing, which
+// after the rebase is the new one, equal there to the old chain. Works chunk by
 // chunk: one helper thread maps and reads the chunks ahead (two buffers)
 // while the calling thread compares and writes (ChainReader is safe for
 // concurrent readers; the writer is only used on the calling thread, and a
@@ -112,10 +115,15 @@ class Copier {
  public:
   Copier(const std::string& path, const ChainReader& old_chain, const ChainReader* new_chain,
          Qcow2Writer& writer, uint64_t chunk_bytes)
-      : path_(path), old_(old_chain), new_(new_chain), w_(writer), cs_(writer.cluster_size()) {
+      : path_(path),
+        old_(old_chain),
+        new_(new_chain),
+        w_(writer),
+        cs_(writer.cluster_size()),
+        unit_(writer.write_granularity()) {
     chunk_ = std::max(cs_, chunk_bytes / cs_ * cs_);
     for (Slot& slot : slots_) {
-      // One spare cluster so the image's last, partial cluster can be padded.
+      // One spare cluster so the image's last, partial unit can be padded.
       slot.old_bytes.resize(chunk_ + cs_);
       slot.new_bytes.resize(chunk_ + cs_);
     }
@@ -219,13 +227,13 @@ class Copier {
     Result<std::vector<MapExtent>> map = old_.Map(pos, chunk_end - pos);
     if (!map.ok()) return OldChainError(path_, map.status());
     // Ranges not allocated in the image itself and not provided by the
-    // shared part of the chains, widened to whole clusters of the image
+    // shared part of the chains, widened to whole write units of the image
     // (which stay unallocated in it) and merged.
     for (const MapExtent& e : *map) {
       if (e.depth == 0 && e.present) continue;
       if (shared_depth_ > 0 && e.depth >= shared_depth_) continue;
-      const uint64_t s = e.start / cs_ * cs_;
-      const uint64_t t = std::min(chunk_end, (e.start + e.length + cs_ - 1) / cs_ * cs_);
+      const uint64_t s = e.start / unit_ * unit_;
+      const uint64_t t = std::min(chunk_end, (e.start + e.length + unit_ - 1) / unit_ * unit_);
       if (!slot.ranges.empty() && s <= slot.ranges.back().second) {
         slot.ranges.back().second = std::max(slot.ranges.back().second, t);
       } else {
@@ -233,10 +241,10 @@ class Copier {
       }
     }
     for (const auto& [start, end] : slot.ranges) {
-      if (start % cs_ != 0 || (end % cs_ != 0 && end != old_.Size())) {
+      if (start % unit_ != 0 || (end % unit_ != 0 && end != old_.Size())) {
         return Error(Code::kUnsupported,
-                     "'{}': unallocated range [{}, {}) does not follow cluster boundaries", path_,
-                     start, end);
+                     "'{}': unallocated range [{}, {}) does not follow {} boundaries", path_, start,
+                     end, w_.extended_l2() ? "subcluster" : "cluster");
       }
     }
     for (const auto& [start, end] : slot.ranges) {
@@ -257,9 +265,9 @@ class Copier {
     return Status::Ok();
   }
 
-  // Compares the prepared ranges cluster by cluster and writes the old
-  // content of every cluster that differs (a zero cluster where it is all
-  // zeros and the image has the zero flag).
+  // Compares the prepared ranges unit by unit and writes the old content of
+  // every unit that differs (zeros by flag where it is all zeros and the
+  // image has the zero flag or zero bits).
   Status Process(Slot& slot) {
     const bool zero_flag = w_.header().version >= 3;
     for (const auto& [start, end] : slot.ranges) {
@@ -267,8 +275,8 @@ class Copier {
       uint8_t* a = slot.old_bytes.data() + (start - slot.pos);
       const uint8_t* b = slot.new_bytes.data() + (start - slot.pos);
       if (std::memcmp(a, b, n) == 0) continue;
-      // Pad the last, partial cluster of the disk.
-      const size_t padded = size_t((n + cs_ - 1) / cs_ * cs_);
+      // Pad the last, partial unit of the disk.
+      const size_t padded = size_t((n + unit_ - 1) / unit_ * unit_);
       std::memset(a + n, 0, padded - n);
 
       enum class Kind { kNone, kData, kZero };
@@ -283,9 +291,9 @@ class Copier {
             run_start,
             std::span<const uint8_t>(slot.old_bytes.data() + (run_start - slot.pos), bytes));
       };
-      for (uint64_t c = start; c < end; c += cs_) {
+      for (uint64_t c = start; c < end; c += unit_) {
         const size_t co = size_t(c - start);
-        const size_t clen = size_t(std::min<uint64_t>(cs_, end - c));
+        const size_t clen = size_t(std::min<uint64_t>(unit_, end - c));
         Kind k = Kind::kNone;
         if (std::memcmp(a + co, b + co, clen) != 0) {
           k = zero_flag && AllZero(a + co, clen) ? Kind::kZero : Kind::kData;
@@ -306,6 +314,7 @@ class Copier {
   const ChainReader* new_;
   Qcow2Writer& w_;
   uint64_t cs_;
+  uint64_t unit_;  // the writer's write unit: cluster or subcluster
   uint64_t chunk_;
   int shared_depth_ = 0;
   Slot slots_[2];

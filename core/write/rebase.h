@@ -5,7 +5,9 @@
 // For every range the image does not allocate itself, the old chain's
 // content (what its backings provide) is compared with the new backing's
 // content; where they differ, the old content is copied into the image
-// (a zero cluster where the old content is zeros, on v3). Ranges the image
+// (a zero cluster where the old content is zeros, on v3). The unit is the
+// cluster, or the subcluster on extended L2 images, whose unallocated
+// subclusters inside allocated clusters are compared and copied too. Ranges the image
 // allocates itself are never touched. Then the backing pointer is rewritten
 // (one pwrite + fsync). Data strictly precedes the pointer change, and the
 // copy goes through Qcow2Writer's crash-safe order, so a crash at any point
@@ -61,7 +63,7 @@ struct RebaseOptions {
 //                      for a flatten, a new backing whose chain contains
 //                      the image itself
 //   kUnsupported       the image is not qcow2 or is not writable by
-//                      Qcow2Writer (encrypted, extended_l2, snapshots...),
+//                      Qcow2Writer (encrypted, snapshots, data file...),
 //                      the new backing is a network source or its declared
 //                      format does not match its content
 // A failure while copying (kIo, kNoSpace) leaves the old backing pointer and

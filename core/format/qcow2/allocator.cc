@@ -23,6 +23,11 @@ constexpr uint64_t kZeroFlag = 1ull;
 constexpr uint64_t kL1Reserved = 0x7f000000000001feull;
 // Standard L2 entries: bits 1..8 and 56..61 are reserved.
 constexpr uint64_t kL2Reserved = 0x3f000000000001feull;
+// Extended L2 descriptors: bit 0 (the zero flag of standard entries) too.
+constexpr uint64_t kL2ExtReserved = kL2Reserved | kZeroFlag;
+// Subcluster bitmap halves: allocation bits 0..31, zero bits 32..63.
+constexpr uint64_t kAllocBits = 0xffffffffull;
+constexpr uint32_t kSubclusters = 32;
 // Refcount table entries: bits 0..8 are reserved.
 constexpr uint64_t kRefTableReserved = 0x1ffull;
 // qemu's header field offsets for the refcount table: offset (8 bytes) and
@@ -73,6 +78,14 @@ Status PwriteAll(int fd, std::span<const uint8_t> bytes, uint64_t offset, const 
     done += size_t(n);
   }
   return Status::Ok();
+}
+
+// Returns the allocation bits of the subclusters of a cluster that
+// [begin, end) (offsets in the cluster, multiples of `sub`) covers.
+uint64_t SubclusterMask(uint64_t begin, uint64_t end, uint64_t sub) {
+  const uint64_t first = begin / sub, last = (end + sub - 1) / sub;  // [first, last)
+  const uint64_t upto = last >= 64 ? ~0ull : (1ull << last) - 1;
+  return upto & ~((1ull << first) - 1) & kAllocBits;
 }
 
 // Encodes entries [first, last] of a big-endian 64-bit table.
@@ -147,10 +160,10 @@ Result<std::unique_ptr<Qcow2Writer>> Qcow2Writer::Open(const std::string& path,
     return Error(Code::kUnsupported, "'{}' has an external data file; writing it is not supported",
                  path);
   }
-  if (h.extended_l2()) {
-    return Error(Code::kUnsupported,
-                 "'{}' uses extended L2 entries (subclusters); writing them is not supported",
-                 path);
+  if (h.extended_l2() && h.cluster_bits < 14) {
+    return Error(Code::kCorrupt,
+                 "'{}' uses extended L2 entries with clusters of {} bytes (at least 16 KiB needed)",
+                 path, h.cluster_size());
   }
   if (h.nb_snapshots != 0) {
     return Error(Code::kUnsupported,
@@ -169,7 +182,10 @@ Result<std::unique_ptr<Qcow2Writer>> Qcow2Writer::Open(const std::string& path,
 Status Qcow2Writer::Load(uint64_t file_size) {
   cbits_ = h_.cluster_bits;
   cs_ = h_.cluster_size();
-  l2_entries_ = cs_ / 8;
+  ext_ = h_.extended_l2();
+  entry_bytes_ = ext_ ? 16 : 8;
+  granule_ = ext_ ? cs_ / kSubclusters : cs_;
+  l2_entries_ = cs_ / entry_bytes_;
   refblock_entries_ = cs_ * 8 / h_.refcount_bits();
   file_size_at_open_ = file_size;
   FdReader reader(fd_, file_size);
@@ -264,7 +280,7 @@ Status Qcow2Writer::ReadCluster(uint64_t host, std::vector<uint8_t>& out, const 
   return Status::Ok();
 }
 
-Result<std::vector<uint64_t>*> Qcow2Writer::L2Table(uint64_t l1_index) {
+Result<Qcow2Writer::L2*> Qcow2Writer::L2Table(uint64_t l1_index) {
   auto it = l2_cache_.find(l1_index);
   if (it != l2_cache_.end()) return &it->second;
   const uint64_t l1e = l1_[l1_index];
@@ -276,30 +292,66 @@ Result<std::vector<uint64_t>*> Qcow2Writer::L2Table(uint64_t l1_index) {
   }
   std::vector<uint8_t> raw;
   CHAINFS_RETURN_IF_ERROR(ReadCluster(l1e & kOffsetMask, raw, "L2 table"));
-  std::vector<uint64_t> table(l2_entries_);
-  for (size_t i = 0; i < table.size(); ++i) table[i] = LoadBe64(raw.data() + i * 8);
+  L2 table(l2_entries_);
+  for (size_t i = 0; i < table.size(); ++i) {
+    table[i].desc = LoadBe64(raw.data() + i * entry_bytes_);
+    if (ext_) table[i].bitmap = LoadBe64(raw.data() + i * entry_bytes_ + 8);
+  }
   return &l2_cache_.emplace(l1_index, std::move(table)).first->second;
 }
 
-Result<uint64_t> Qcow2Writer::CurrentEntry(uint64_t guest_cluster) {
+std::vector<uint8_t> Qcow2Writer::EncodeL2(const L2& table, size_t first, size_t last) const {
+  std::vector<uint8_t> out((last - first + 1) * entry_bytes_);
+  for (size_t i = first; i <= last; ++i) {
+    uint8_t* p = out.data() + (i - first) * entry_bytes_;
+    StoreBe64(p, table[i].desc);
+    if (ext_) StoreBe64(p + 8, table[i].bitmap);
+  }
+  return out;
+}
+
+Result<Qcow2Writer::Entry> Qcow2Writer::CurrentEntry(uint64_t guest_cluster) {
   if (auto it = pending_.find(guest_cluster); it != pending_.end()) return it->second;
   const uint64_t l1_index = guest_cluster / l2_entries_;
   if (l1_index >= l1_.size()) {
     return Error(Code::kCorrupt, "'{}': guest cluster {} lies past the L1 table", path_,
                  guest_cluster);
   }
-  if ((l1_[l1_index] & kOffsetMask) == 0) return uint64_t{0};
-  Result<std::vector<uint64_t>*> table = L2Table(l1_index);
+  if ((l1_[l1_index] & kOffsetMask) == 0) return Entry{};
+  Result<L2*> table = L2Table(l1_index);
   if (!table.ok()) return table.status();
-  const uint64_t e = (**table)[guest_cluster % l2_entries_];
-  if (!(e & kCompressed)) {
-    if (e & kL2Reserved) {
-      return Error(Code::kCorrupt, "'{}': L2 entry of guest cluster {} has reserved bits set",
-                   path_, guest_cluster);
-    }
-    if ((e & kOffsetMask) != 0 && h_.version < 3 && (e & kZeroFlag)) {
+  const Entry e = (**table)[guest_cluster % l2_entries_];
+  if (e.desc & kCompressed) return e;  // refused by every caller
+  if (e.desc & (ext_ ? kL2ExtReserved : kL2Reserved)) {
+    return Error(Code::kCorrupt, "'{}': L2 entry of guest cluster {} has reserved bits set", path_,
+                 guest_cluster);
+  }
+  // A host cluster past the allocation pointer could be handed out again.
+  const uint64_t host = e.desc & kOffsetMask;
+  if (host % cs_ != 0 || host >= end_) {
+    return Error(Code::kCorrupt,
+                 "'{}': host cluster {:#x} of guest cluster {} is misaligned or past the end of "
+                 "the image",
+                 path_, host, guest_cluster);
+  }
+  if (!ext_) {
+    if (host != 0 && h_.version < 3 && (e.desc & kZeroFlag)) {
       return Error(Code::kCorrupt, "'{}': zero flag in a version 2 image", path_);
     }
+    return e;
+  }
+  const uint64_t alloc = e.bitmap & kAllocBits;
+  if (alloc & (e.bitmap >> 32)) {
+    return Error(Code::kCorrupt,
+                 "'{}': L2 entry of guest cluster {} marks subclusters both allocated and zero "
+                 "(bitmap {:#018x})",
+                 path_, guest_cluster, e.bitmap);
+  }
+  if (host == 0 && alloc != 0) {
+    return Error(Code::kCorrupt,
+                 "'{}': L2 entry of guest cluster {} allocates subclusters of no host cluster "
+                 "(bitmap {:#018x})",
+                 path_, guest_cluster, e.bitmap);
   }
   return e;
 }
@@ -310,63 +362,88 @@ uint64_t Qcow2Writer::Allocate(uint64_t clusters) {
   return at;
 }
 
+Status Qcow2Writer::CheckRange(uint64_t offset, uint64_t length, const char* what) const {
+  // Up to the end of the last cluster, which may lie past the virtual size.
+  const uint64_t limit = CeilDiv(h_.size, cs_) * cs_;
+  if (offset % granule_ != 0 || length % granule_ != 0 || offset > limit ||
+      length > limit - offset) {
+    return Error(Code::kInvalidArgument,
+                 "'{}': {} of {} bytes at {} is not whole {} inside the disk", path_, what, length,
+                 offset, ext_ ? "subclusters" : "clusters");
+  }
+  return Status::Ok();
+}
+
+Status Qcow2Writer::WriteInto(uint64_t host, std::span<const uint8_t> bytes) {
+  Status s = PwriteAll(fd_, bytes, host, path_, "data");
+  if (!s.ok()) failed_ = true;
+  return s;
+}
+
 Status Qcow2Writer::WriteClusters(uint64_t offset, std::span<const uint8_t> data) {
   if (failed_) return Error(Code::kIo, "'{}': an earlier write failed", path_);
-  const uint64_t guest_clusters = CeilDiv(h_.size, cs_);
-  if (offset % cs_ != 0 || data.size() % cs_ != 0 || offset / cs_ > guest_clusters ||
-      data.size() / cs_ > guest_clusters - offset / cs_) {
-    return Error(Code::kInvalidArgument,
-                 "'{}': write of {} bytes at {} is not whole clusters inside the disk", path_,
-                 data.size(), offset);
-  }
-  const uint64_t first = offset / cs_;
-  const uint64_t n = data.size() / cs_;
-  uint64_t i = 0;
-  while (i < n) {
-    Result<uint64_t> e = CurrentEntry(first + i);
+  CHAINFS_RETURN_IF_ERROR(CheckRange(offset, data.size(), "write"));
+  const uint64_t end = offset + data.size();
+  auto bytes = [&](uint64_t from, uint64_t to) { return data.subspan(from - offset, to - from); };
+  uint64_t pos = offset;
+  while (pos < end) {
+    const uint64_t c = pos / cs_;
+    const uint64_t cstart = c * cs_;
+    const uint64_t cend = std::min(cstart + cs_, end);
+    Result<Entry> e = CurrentEntry(c);
     if (!e.ok()) return e.status();
-    if (*e & kCompressed) {
-      return Error(Code::kUnsupported, "'{}': guest cluster {} is compressed", path_, first + i);
+    if (e->desc & kCompressed) {
+      return Error(Code::kUnsupported, "'{}': guest cluster {} is compressed", path_, c);
     }
-    const uint64_t host = *e & kOffsetMask;
+    // Subclusters written: allocated from now on, no longer zero.
+    const uint64_t mask = ext_ ? SubclusterMask(pos - cstart, cend - cstart, granule_) : 0;
+    const uint64_t host = e->desc & kOffsetMask;
     if (host != 0) {
-      if (!(*e & kCopied)) {
+      if (!(e->desc & kCopied)) {
         return Error(Code::kUnsupported, "'{}': guest cluster {} is shared (refcount > 1)", path_,
-                     first + i);
+                     c);
       }
-      Status s = PwriteAll(fd_, data.subspan(i * cs_, cs_), host, path_, "data");
-      if (!s.ok()) {
-        failed_ = true;
-        return s;
-      }
-      if (*e & kZeroFlag) pending_[first + i] = host | kCopied;
+      CHAINFS_RETURN_IF_ERROR(WriteInto(host + (pos - cstart), bytes(pos, cend)));
+      Entry next =
+          ext_ ? Entry{e->desc, (e->bitmap | mask) & ~(mask << 32)} : Entry{host | kCopied, 0};
+      if (!(next == *e)) pending_[c] = next;
       ++stats_.data_clusters;
-      ++i;
+      pos = cend;
       continue;
     }
-    // A run of clusters without a host cluster gets one contiguous run at
-    // the end of the file, written with one pwrite.
+    if (pos != cstart || cend != cstart + cs_) {
+      // Part of a cluster that has no host cluster (extended L2 only): a new
+      // one, written only where the data goes; the file is extended to its
+      // end at the next Flush.
+      const uint64_t at = Allocate(1);
+      CHAINFS_RETURN_IF_ERROR(WriteInto(at + (pos - cstart), bytes(pos, cend)));
+      pending_[c] = Entry{at | kCopied, (e->bitmap & ~(mask << 32)) | mask};
+      new_data_.push_back(at);
+      partial_end_ = std::max(partial_end_, at + cs_);
+      pending_bytes_ += cend - pos;
+      ++stats_.data_clusters;
+      pos = cend;
+      continue;
+    }
+    // A run of whole clusters without a host cluster gets one contiguous run
+    // at the end of the file, written with one pwrite.
     uint64_t m = 1;
-    while (i + m < n) {
-      Result<uint64_t> next = CurrentEntry(first + i + m);
+    while (cstart + (m + 1) * cs_ <= end) {
+      Result<Entry> next = CurrentEntry(c + m);
       if (!next.ok()) return next.status();
-      if ((*next & kCompressed) || (*next & kOffsetMask) != 0) break;
+      if ((next->desc & kCompressed) || (next->desc & kOffsetMask) != 0) break;
       ++m;
     }
     const uint64_t at = Allocate(m);
-    Status s = PwriteAll(fd_, data.subspan(i * cs_, m * cs_), at, path_, "data");
-    if (!s.ok()) {
-      failed_ = true;
-      return s;
-    }
+    CHAINFS_RETURN_IF_ERROR(WriteInto(at, bytes(cstart, cstart + m * cs_)));
     StartWriteback(at, m * cs_);
     for (uint64_t k = 0; k < m; ++k) {
-      pending_[first + i + k] = (at + k * cs_) | kCopied;
+      pending_[c + k] = Entry{(at + k * cs_) | kCopied, ext_ ? kAllocBits : 0};
       new_data_.push_back(at + k * cs_);
     }
     pending_bytes_ += m * cs_;
     stats_.data_clusters += m;
-    i += m;
+    pos = cstart + m * cs_;
   }
   if (pending_bytes_ >= options_.max_pending_bytes || pending_.size() >= kMaxPendingClusters) {
     return Flush();
@@ -376,13 +453,7 @@ Status Qcow2Writer::WriteClusters(uint64_t offset, std::span<const uint8_t> data
 
 Status Qcow2Writer::WriteZeroClusters(uint64_t offset, uint64_t length) {
   if (failed_) return Error(Code::kIo, "'{}': an earlier write failed", path_);
-  const uint64_t guest_clusters = CeilDiv(h_.size, cs_);
-  if (offset % cs_ != 0 || length % cs_ != 0 || offset / cs_ > guest_clusters ||
-      length / cs_ > guest_clusters - offset / cs_) {
-    return Error(Code::kInvalidArgument,
-                 "'{}': zero write of {} bytes at {} is not whole clusters inside the disk", path_,
-                 length, offset);
-  }
+  CHAINFS_RETURN_IF_ERROR(CheckRange(offset, length, "zero write"));
   if (h_.version < 3) {
     // No zero flag in version 2: write zero-filled clusters.
     const uint64_t step = std::max<uint64_t>(cs_, (1u << 20) / cs_ * cs_);
@@ -394,19 +465,30 @@ Status Qcow2Writer::WriteZeroClusters(uint64_t offset, uint64_t length) {
     }
     return Status::Ok();
   }
-  for (uint64_t c = offset / cs_; c < (offset + length) / cs_; ++c) {
-    Result<uint64_t> e = CurrentEntry(c);
+  const uint64_t end = offset + length;
+  for (uint64_t pos = offset; pos < end;) {
+    const uint64_t c = pos / cs_;
+    const uint64_t cstart = c * cs_;
+    const uint64_t cend = std::min(cstart + cs_, end);
+    Result<Entry> e = CurrentEntry(c);
     if (!e.ok()) return e.status();
-    if (*e & kCompressed) {
+    if (e->desc & kCompressed) {
       return Error(Code::kUnsupported, "'{}': guest cluster {} is compressed", path_, c);
     }
-    const uint64_t host = *e & kOffsetMask;
-    if (host != 0 && !(*e & kCopied)) {
+    const uint64_t host = e->desc & kOffsetMask;
+    if (host != 0 && !(e->desc & kCopied)) {
       return Error(Code::kUnsupported, "'{}': guest cluster {} is shared (refcount > 1)", path_, c);
     }
-    // A cluster with a host cluster keeps it (a preallocated zero cluster).
-    pending_[c] = host != 0 ? (host | kCopied | kZeroFlag) : kZeroFlag;
+    if (ext_) {
+      // The zero bits of the covered subclusters; a host cluster stays.
+      const uint64_t mask = SubclusterMask(pos - cstart, cend - cstart, granule_);
+      pending_[c] = Entry{e->desc, (e->bitmap & ~mask) | (mask << 32)};
+    } else {
+      // A cluster with a host cluster keeps it (a preallocated zero cluster).
+      pending_[c] = Entry{host != 0 ? (host | kCopied | kZeroFlag) : kZeroFlag, 0};
+    }
     ++stats_.zero_clusters;
+    pos = cend;
   }
   if (pending_.size() >= kMaxPendingClusters) return Flush();
   return Status::Ok();
@@ -565,7 +647,15 @@ Status Qcow2Writer::Flush() {
   if (failed_) return Error(Code::kIo, "'{}': an earlier write failed", path_);
   if (pending_.empty() && new_data_.empty()) return Status::Ok();
   Status s = [&]() -> Status {
-    // 1. The data is on disk before anything points at it.
+    // 1. The data is on disk before anything points at it; a new cluster
+    // written only in part lies inside the file.
+    if (partial_end_ != 0) {
+      struct stat st;
+      if (::fstat(fd_, &st) != 0) return Status::FromErrno(errno, fmt::format("stat {}", path_));
+      if (uint64_t(st.st_size) < partial_end_ && ::ftruncate(fd_, off_t(partial_end_)) != 0) {
+        return Status::FromErrno(errno, fmt::format("extend {}", path_));
+      }
+    }
     CHAINFS_RETURN_IF_ERROR(Sync());
     // New L2 tables for L1 entries that have none.
     std::map<uint64_t, uint64_t> new_l2;
@@ -582,12 +672,11 @@ Status Qcow2Writer::Flush() {
     for (auto it = pending_.begin(); it != pending_.end();) {
       const uint64_t l1i = it->first / l2_entries_;
       auto nl = new_l2.find(l1i);
-      std::vector<uint64_t>* table = nullptr;
+      L2* table = nullptr;
       if (nl != new_l2.end()) {
-        table =
-            &l2_cache_.insert_or_assign(l1i, std::vector<uint64_t>(l2_entries_, 0)).first->second;
+        table = &l2_cache_.insert_or_assign(l1i, L2(l2_entries_)).first->second;
       } else {
-        Result<std::vector<uint64_t>*> t = L2Table(l1i);
+        Result<L2*> t = L2Table(l1i);
         if (!t.ok()) return t.status();
         table = *t;
       }
@@ -599,11 +688,12 @@ Status Qcow2Writer::Flush() {
         hi = std::max(hi, idx);
       }
       if (nl != new_l2.end()) {
-        CHAINFS_RETURN_IF_ERROR(PwriteAll(fd_, EncodeEntries(*table, 0, table->size() - 1),
-                                          nl->second, path_, "L2 table"));
+        CHAINFS_RETURN_IF_ERROR(
+            PwriteAll(fd_, EncodeL2(*table, 0, table->size() - 1), nl->second, path_, "L2 table"));
       } else {
-        CHAINFS_RETURN_IF_ERROR(PwriteAll(fd_, EncodeEntries(*table, lo, hi),
-                                          (l1_[l1i] & kOffsetMask) + lo * 8, path_, "L2 table"));
+        CHAINFS_RETURN_IF_ERROR(PwriteAll(fd_, EncodeL2(*table, lo, hi),
+                                          (l1_[l1i] & kOffsetMask) + lo * entry_bytes_, path_,
+                                          "L2 table"));
       }
     }
     CHAINFS_RETURN_IF_ERROR(Sync());
@@ -625,6 +715,7 @@ Status Qcow2Writer::Flush() {
   pending_.clear();
   new_data_.clear();
   pending_bytes_ = 0;
+  partial_end_ = 0;
   ++stats_.flushes;
   // Bound memory: tables are re-read on demand.
   if (l2_cache_.size() * cs_ > (32ull << 20)) l2_cache_.clear();

@@ -1,7 +1,19 @@
 // Qcow2Writer: writes guest data into an existing qcow2 image (v2 and v3,
 // clusters of 512 bytes to 2 MiB, any refcount width 1..64 bits) at cluster
-// granularity, allocating clusters at the end of the file with correct
-// L1/L2 and refcount updates.
+// granularity, or at subcluster granularity (1/32 of a cluster) on images
+// with extended L2 entries, allocating clusters at the end of the file with
+// correct L1/L2 and refcount updates.
+//
+// Extended L2 (128-bit entries: descriptor + subcluster bitmap, half as many
+// entries per table): a write sets the allocation bits of the subclusters it
+// covers and clears their zero bits; every other subcluster of the cluster
+// keeps its state, so an unallocated one still reads from the backing. That
+// is qemu's semantics too: it copies backing data only into the unwritten
+// part of a partially written subcluster, and this writer writes whole
+// subclusters only. A cluster first written here gets a new host cluster
+// whose unwritten subclusters stay unallocated (their host bytes are never
+// read). A zero write sets the zero bits (allocation bits cleared), keeping
+// the host cluster if there is one.
 //
 // Crash safety (DESIGN section 2): guest data goes to newly allocated
 // clusters first; Flush() then makes the metadata point at them in the order
@@ -22,11 +34,13 @@
 // Refcounts are always updated, even on images with lazy_refcounts: the
 // dirty bit is never set, so no repair is ever needed after a crash.
 //
-// Refused (kUnsupported): encrypted images, external data files,
-// extended_l2 (subclusters), internal snapshots, persistent bitmaps, images
-// with the dirty bit set (qemu must repair them first), unknown incompatible
-// features; kCorrupt for images marked corrupt or with tables that make no
-// sense. Writing over a compressed cluster is kUnsupported.
+// Refused (kUnsupported): encrypted images, external data files, internal
+// snapshots, persistent bitmaps, images with the dirty bit set (qemu must
+// repair them first), unknown incompatible features; kCorrupt for images
+// marked corrupt or with tables that make no sense (for extended L2: a
+// subcluster both allocated and zero, allocation bits without a host
+// cluster, bit 0 of a descriptor set, clusters below 16 KiB). Writing over a
+// compressed cluster is kUnsupported.
 //
 // Thread-safety: none; one thread drives a writer. The OFD locks taken at
 // Open keep QEMU (and other writers) away while it lives.
@@ -81,21 +95,29 @@ class Qcow2Writer {
   const Qcow2Header& header() const { return h_; }
   // Returns the cluster size in bytes.
   uint64_t cluster_size() const { return cs_; }
+  // Returns the unit of WriteClusters and WriteZeroClusters: the subcluster
+  // size (cluster size / 32) on extended L2 images, else the cluster size.
+  uint64_t write_granularity() const { return granule_; }
+  // Returns whether the image has extended L2 entries (subclusters).
+  bool extended_l2() const { return ext_; }
   // Returns the virtual size in bytes.
   uint64_t size() const { return h_.size; }
   // Returns the counters so far.
   const Qcow2WriterStats& stats() const { return stats_; }
 
-  // Writes `data` (a whole number of clusters) at the cluster-aligned guest
-  // `offset`; the last cluster may extend past the virtual size only as far
-  // as that cluster goes. Unallocated and zero clusters get new clusters at
-  // the end of the file; clusters the image owns alone (refcount 1) are
-  // overwritten in place. kInvalidArgument for misaligned or out-of-range
-  // requests, kUnsupported for compressed or shared clusters.
+  // Writes `data` (a whole number of write_granularity() units: clusters,
+  // or subclusters on extended L2 images) at the guest `offset` aligned to
+  // that unit; the write may extend past the virtual size only as far as
+  // the last cluster goes. Clusters without a host cluster (unallocated or zero)
+  // get new clusters at the end of the file; clusters the image owns alone
+  // (refcount 1) are overwritten in place. kInvalidArgument for misaligned
+  // or out-of-range requests, kUnsupported for compressed or shared
+  // clusters, kCorrupt for L2 entries that make no sense.
   Status WriteClusters(uint64_t offset, std::span<const uint8_t> data);
-  // Makes `length` bytes (whole clusters) at the cluster-aligned `offset`
-  // read as zeros: on v3 with the L2 zero flag (no data written); on v2 by
-  // writing zero-filled clusters, since v2 has no zero flag.
+  // Makes `length` bytes (whole write_granularity() units) at the aligned
+  // `offset` read as zeros: on v3 with the L2 zero flag or the subcluster
+  // zero bits (no data written); on v2 by writing zero-filled clusters,
+  // since v2 has no zero flag.
   Status WriteZeroClusters(uint64_t offset, uint64_t length);
   // Makes every pending write reach the metadata, in the crash-safe order
   // described at the top of this file.
@@ -108,9 +130,19 @@ class Qcow2Writer {
   Status Load(uint64_t file_size);
   Status Sync();
   void StartWriteback(uint64_t offset, uint64_t length);
+  // One L2 entry as on disk; `bitmap` is 0 without extended L2.
+  struct Entry {
+    uint64_t desc = 0;
+    uint64_t bitmap = 0;
+    bool operator==(const Entry&) const = default;
+  };
+  using L2 = std::vector<Entry>;
   Status ReadCluster(uint64_t host, std::vector<uint8_t>& out, const char* what) const;
-  Result<uint64_t> CurrentEntry(uint64_t guest_cluster);
-  Result<std::vector<uint64_t>*> L2Table(uint64_t l1_index);
+  Result<Entry> CurrentEntry(uint64_t guest_cluster);
+  Result<L2*> L2Table(uint64_t l1_index);
+  std::vector<uint8_t> EncodeL2(const L2& table, size_t first, size_t last) const;
+  Status CheckRange(uint64_t offset, uint64_t length, const char* what) const;
+  Status WriteInto(uint64_t host, std::span<const uint8_t> bytes);
   Result<std::vector<uint8_t>*> RefBlock(uint64_t block_index,
                                          std::map<uint64_t, std::vector<uint8_t>>& blocks,
                                          const std::map<uint64_t, uint64_t>& new_blocks);
@@ -125,6 +157,9 @@ class Qcow2Writer {
   Qcow2WriterOptions options_;
   uint64_t cs_ = 0;
   uint32_t cbits_ = 0;
+  bool ext_ = false;               // extended L2 entries
+  uint64_t entry_bytes_ = 8;       // bytes per L2 entry (16 with extended L2)
+  uint64_t granule_ = 0;           // write unit: subcluster or cluster
   uint64_t l2_entries_ = 0;        // entries per L2 table
   uint64_t refblock_entries_ = 0;  // refcounts per refcount block
   uint64_t file_size_at_open_ = 0;
@@ -132,9 +167,12 @@ class Qcow2Writer {
   std::vector<uint64_t> reftable_;  // as on disk, capacity-sized
   uint64_t end_ = 0;                // next free host offset (allocation pointer)
   // L2 tables read so far (or being built), by L1 index, as on disk.
-  std::map<uint64_t, std::vector<uint64_t>> l2_cache_;
+  std::map<uint64_t, L2> l2_cache_;
   // Guest cluster -> the L2 entry it gets at the next Flush.
-  std::map<uint64_t, uint64_t> pending_;
+  std::map<uint64_t, Entry> pending_;
+  // End of the last new host cluster that was only partly written (extended
+  // L2): the file is extended to it before the metadata points at it.
+  uint64_t partial_end_ = 0;
   // Host offsets of clusters allocated for data since the last Flush.
   std::vector<uint64_t> new_data_;
   uint64_t pending_bytes_ = 0;
