@@ -556,8 +556,13 @@ TEST_F(DataFormatsTest, SurvivesRandomGarbageTables) {
       Result<std::unique_ptr<ImageReader>> (*)(std::unique_ptr<Reader>, const std::string&);
   struct Case {
     std::string format, file;
-    std::vector<std::string> create;
+    std::vector<std::string> create;  // options of qemu-img create (or convert)
     Opener open;
+    bool convert = false;  // made by qemu-img convert of a raw source, not qemu-io
+    bool ready = false;    // made before the loop
+  };
+  const auto vmdk = [](std::unique_ptr<Reader> r, const std::string& p) {
+    return OpenVmdkReader(std::move(r), p);
   };
   const std::vector<Case> cases = {
       {"qed", "g.qed", {"-o", "cluster_size=4096"}, OpenQedReader},
@@ -565,27 +570,40 @@ TEST_F(DataFormatsTest, SurvivesRandomGarbageTables) {
       {"vpc", "g.vhd", {}, OpenVpcReader},
       {"vhdx", "g.vhdx", {}, OpenVhdxReader},
       {"qcow", "g.qcow", {}, OpenQcowReader},
-      {"vmdk",
-       "g.vmdk",
-       {},
-       [](std::unique_ptr<Reader> r, const std::string& p) {
-         return OpenVmdkReader(std::move(r), p);
-       }},
+      {"qcow", "c.qcow", {}, OpenQcowReader, false, true},
+      {"vmdk", "g.vmdk", {}, vmdk},
+      {"vmdk", "s.vmdk", {"-o", "subformat=streamOptimized"}, vmdk, true},
+      {"vdi", "s.vdi", {"-o", "static=on"}, OpenVdiReader, true},
   };
+  MakeSource("garbage-src.raw", 3 << 20, 18);
+  // Compressed qcow clusters: written one by one (see QcowPlainAndCompressed).
+  QemuImg({"create", "-q", "-f", "qcow", P("c.qcow"), "3M"});
+  Io("c.qcow", "qcow",
+     {"write -c -P 0x21 0 4k", "write -c -P 0x22 8k 4k", "write -P 0x23 64k 4k",
+      "write -c -P 0x24 1M 4k"});
   std::mt19937_64 rng(99);
   for (const Case& c : cases) {
     SCOPED_TRACE(c.format);
-    std::vector<std::string> args = {"create", "-q", "-f", c.format};
-    args.insert(args.end(), c.create.begin(), c.create.end());
-    args.push_back(P(c.file));
-    args.push_back("3M");
-    QemuImg(args);
-    Io(c.file, c.format, RandomWrites(17, 3 << 20, 20, 512, 100, false));
+    if (c.ready) {
+    } else if (c.convert) {
+      std::vector<std::string> args = {"convert", "-O", c.format};
+      args.insert(args.end(), c.create.begin(), c.create.end());
+      args.push_back(P("garbage-src.raw"));
+      args.push_back(P(c.file));
+      QemuImg(args);
+    } else {
+      std::vector<std::string> args = {"create", "-q", "-f", c.format};
+      args.insert(args.end(), c.create.begin(), c.create.end());
+      args.push_back(P(c.file));
+      args.push_back("3M");
+      QemuImg(args);
+      Io(c.file, c.format, RandomWrites(17, 3 << 20, 20, 512, 100, false));
+    }
     const std::string bytes_s = ReadFileBytes(P(c.file));
     const std::vector<uint8_t> image(bytes_s.begin(), bytes_s.end());
     const BlockLayout l = LayoutOf(c.file, c.format);
     int opened = 0;
-    for (int round = 0; round < 150; ++round) {
+    for (int round = 0; round < 100; ++round) {
       std::vector<uint8_t> bad = image;
       for (int k = 0; k < 8; ++k) {
         // Mostly table entries (first-level table or anywhere past the
