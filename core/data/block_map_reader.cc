@@ -63,6 +63,12 @@ BlockMapReader::BlockMapReader(std::string path, std::unique_ptr<Reader> image, 
   files_.push_back({std::move(path), std::move(image)});
 }
 
+std::vector<std::string> BlockMapReader::OtherFiles() const {
+  std::vector<std::string> out;
+  for (size_t i = 1; i < files_.size(); ++i) out.push_back(files_[i].path);
+  return out;
+}
+
 size_t BlockMapReader::AddFile(std::string path, std::unique_ptr<Reader> reader) {
   files_.push_back({std::move(path), std::move(reader)});
   return files_.size() - 1;

@@ -35,6 +35,7 @@ class BlockMapReader : public ImageReader {
   Status ReadData(uint64_t offset, const BlockStatus& st, std::span<uint8_t> out) const override;
   const std::string& HostPath(bool) const override { return files_.front().path; }
   L2CacheStats CacheStats() const override { return tables_.stats(); }
+  std::vector<std::string> OtherFiles() const override;
 
  protected:
   // How holes of the host file show in a want_zero status of a data range.

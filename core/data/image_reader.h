@@ -12,6 +12,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "core/chain/chain.h"
 #include "core/data/l2_cache.h"
@@ -66,6 +67,9 @@ class ImageReader {
   // Returns the path of the file host offsets refer to (the data file when
   // `in_data_file`).
   virtual const std::string& HostPath(bool in_data_file) const = 0;
+  // Returns the files other than the image and its data file that reads
+  // draw on (a vmdk descriptor's extent files), for access checks.
+  virtual std::vector<std::string> OtherFiles() const { return {}; }
   // Returns the counters of the image's L2 cache (zeros for formats
   // without one).
   virtual L2CacheStats CacheStats() const { return {}; }

@@ -78,7 +78,7 @@ constexpr uint64_t kLogSector = 4096;
 constexpr size_t kLogEntryHeaderSize = 64;
 // The longest log entry checked; a longer one counts as pending (refused
 // rather than guessed at).
-constexpr uint64_t kMaxLogEntryBytes = 32 << 20;
+constexpr uint64_t kMaxLogEntryBytes = 8 << 20;
 
 // Says whether the circular log at [offset, offset + length) holds an entry
 // that qemu would replay: signature "loge", the header's log GUID, a length

@@ -493,6 +493,14 @@ TEST_F(DataFormatsTest, VmdkFlatAndSplitExtentsMatchQemu) {
   QemuImg(
       {"convert", "-O", "vmdk", "-o", "subformat=monolithicFlat", P("src.raw"), P("flat.vmdk")});
   ExpectChainMatchesQemu("flat.vmdk", "vmdk", MapCheck::kExact);
+  {
+    ChainElement e;
+    e.path = P("flat.vmdk");
+    e.format = "vmdk";
+    Result<std::unique_ptr<ImageReader>> img = OpenImageReader(e);
+    ASSERT_TRUE(img.ok()) << img.status().ToString();
+    EXPECT_EQ((*img)->OtherFiles(), std::vector<std::string>{P("flat-flat.vmdk")});
+  }
   // Split at 2 GiB: a disk just over 2 GiB has two extents; data on both
   // sides of the boundary and in the last sector.
   const uint64_t big = (2ull << 30) + (3ull << 20);
