@@ -8,9 +8,11 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <fstream>
 #include <random>
+#include <thread>
 
 #include "core/chain/inspector.h"
 #include "core/chain/resolver.h"
@@ -552,6 +554,45 @@ TEST_F(DataFormatsTest, ProbedVmdkDescriptorNamesOnlyFilesBesideIt) {
   Result<std::unique_ptr<ChainReader>> declared = OpenAs("evil.vmdk", "vmdk");
   ASSERT_TRUE(declared.ok()) << declared.status().ToString();
   EXPECT_EQ((*declared)->Size(), 1u << 20);
+}
+
+// ---- concurrency ----
+
+// Many threads read random ranges of one reader of each table format at
+// once (the caches are shared); every range equals qemu's bytes.
+TEST_F(DataFormatsTest, ConcurrentReadersSeeQemusBytes) {
+  const uint64_t size = 8ull << 20;
+  MakeSource("src.raw", size, 19);
+  QemuImg({"convert", "-O", "qed", "-o", "cluster_size=4096", P("src.raw"), P("c.qed")});
+  QemuImg({"convert", "-O", "vmdk", "-o", "subformat=streamOptimized", P("src.raw"), P("c.vmdk")});
+  QemuImg({"convert", "-O", "vpc", P("src.raw"), P("c.vhd")});
+  const std::string expected = ReadFileBytes(P("src.raw"));
+  for (const auto& [name, format] : std::vector<std::pair<std::string, std::string>>{
+           {"c.qed", "qed"}, {"c.vmdk", "vmdk"}, {"c.vhd", "vpc"}}) {
+    SCOPED_TRACE(name);
+    Result<std::unique_ptr<ChainReader>> r = OpenAs(name, format);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    const ChainReader& reader = **r;
+    std::atomic<int> bad{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t) {
+      threads.emplace_back([&, t] {
+        std::mt19937_64 rng(t);
+        std::vector<uint8_t> buf;
+        for (int i = 0; i < 200; ++i) {
+          const uint64_t off = rng() % size;
+          buf.resize(1 + rng() % std::min<uint64_t>(size - off, 300 << 10));
+          Result<size_t> n = reader.Read(off, buf);
+          if (!n.ok() || *n != buf.size() ||
+              std::memcmp(buf.data(), expected.data() + off, buf.size()) != 0) {
+            ++bad;
+          }
+        }
+      });
+    }
+    for (std::thread& th : threads) th.join();
+    EXPECT_EQ(bad.load(), 0);
+  }
 }
 
 // ---- hostile tables, every format ----
