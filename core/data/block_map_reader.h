@@ -72,7 +72,9 @@ class BlockMapReader : public ImageReader {
 
   // Adds a host file (a vmdk extent); returns its index.
   size_t AddFile(std::string path, std::unique_ptr<Reader> reader);
+  // Returns host file `i` (0: the image).
   const Reader& file(size_t i) const { return *files_[i].reader; }
+  // Returns the image's path, for messages.
   const std::string& path() const { return files_.front().path; }
   // Loads the `width`-byte (4 or 8) table entry at host `offset` of `file`
   // through the page cache. kCorrupt (naming `what`) if it lies past the end.
