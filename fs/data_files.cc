@@ -18,7 +18,6 @@ using core::Error;
 using core::Result;
 using core::Status;
 
-constexpr uint32_t kReadBits = S_IRUSR | S_IRGRP | S_IROTH;
 
 // The chain from element `from` down, as a chain of its own (what a guest
 // would see with that element as its top).
@@ -116,16 +115,8 @@ Result<NodeAttr> Tree::DataAttr(const NodeKey& key) {
     a.uid = top.stat->uid;
     a.gid = top.stat->gid;
     a.atime = top.stat->atime;
-    bits = top.stat->mode & kReadBits;
     // Readable by a class only if that class may read every element.
-    for (const core::ChainElement& e : chain.elements) {
-      if (!e.stat || &e == &top) continue;
-      const uint32_t other = e.stat->mode & kReadBits;
-      if (other == kReadBits) continue;
-      if (!(e.stat->uid == top.stat->uid && (other & S_IRUSR))) bits &= ~uint32_t(S_IRUSR);
-      if (!(e.stat->gid == top.stat->gid && (other & S_IRGRP))) bits &= ~uint32_t(S_IRGRP);
-      bits &= ~uint32_t(S_IROTH);
-    }
+    bits = SharedReadBits(*top.stat, chain, chain.elements.size());
   }
   // The newest change of any element it reads: the kernel drops its pages
   // when this moves (auto_inval_data), and inotify invalidation drops them

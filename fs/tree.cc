@@ -64,28 +64,6 @@ size_t ElementsDrawnOn(const std::string& file, size_t chain_size) {
   return std::min<size_t>(1, chain_size);
 }
 
-// The read bits the kernel may enforce on a file that describes the image
-// with stat `own` and draws on the first `count` elements of `chain`: with
-// no open request, the kernel serves cached content to whoever its mode
-// check lets through, so a class of users keeps its r bit only if every
-// user of that class can read every image drawn on. Whether a user belongs
-// to another image's group is not known here, so it counts only when it is
-// the same group; the bits can only narrow the image's own.
-uint32_t SharedReadBits(const core::FileStat& own, const core::Chain& chain, size_t count) {
-  uint32_t bits = own.mode & kReadBits;
-  for (size_t i = 0; i < count && i < chain.elements.size(); ++i) {
-    if (!chain.elements[i].stat) continue;
-    const core::FileStat& s = *chain.elements[i].stat;
-    if (&s == &own) continue;
-    bool everyone = (s.mode & kReadBits) == kReadBits;
-    if (!everyone && !(s.uid == own.uid && (s.mode & S_IRUSR))) bits &= ~uint32_t(S_IRUSR);
-    if (!everyone && !(s.gid == own.gid && (s.mode & S_IRGRP) && (s.mode & S_IRUSR))) {
-      bits &= ~uint32_t(S_IRGRP);
-    }
-    if (!everyone) bits &= ~uint32_t(S_IROTH);
-  }
-  return bits;
-}
 
 // How many elements (from the top) element file or link `index` draws on.
 size_t ElementDrawsOn(int index, size_t chain_size) {
@@ -115,6 +93,29 @@ bool IsDirVolumeChain(const core::Chain& chain) {
 }
 
 }  // namespace
+
+// The read bits the kernel may enforce on a file that describes the image
+// with stat `own` and draws on the first `count` elements of `chain`: with
+// no open request, the kernel serves cached content to whoever its mode
+// check lets through, so a class of users keeps its r bit only if every
+// user of that class can read every image drawn on. Whether a user belongs
+// to another image's group is not known here, so it counts only when it is
+// the same group; the bits can only narrow the image's own.
+uint32_t SharedReadBits(const core::FileStat& own, const core::Chain& chain, size_t count) {
+  uint32_t bits = own.mode & kReadBits;
+  for (size_t i = 0; i < count && i < chain.elements.size(); ++i) {
+    if (!chain.elements[i].stat) continue;
+    const core::FileStat& s = *chain.elements[i].stat;
+    if (&s == &own) continue;
+    bool everyone = (s.mode & kReadBits) == kReadBits;
+    if (!everyone && !(s.uid == own.uid && (s.mode & S_IRUSR))) bits &= ~uint32_t(S_IRUSR);
+    if (!everyone && !(s.gid == own.gid && (s.mode & S_IRGRP) && (s.mode & S_IRUSR))) {
+      bits &= ~uint32_t(S_IRGRP);
+    }
+    if (!everyone) bits &= ~uint32_t(S_IROTH);
+  }
+  return bits;
+}
 
 bool CallerCanRead(const Caller& caller, uint32_t uid, uint32_t gid, uint32_t mode) {
   if (caller.uid == 0) return true;

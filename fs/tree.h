@@ -220,4 +220,10 @@ std::vector<std::string> PoolsHolding(const std::vector<core::PoolDef>& pools,
 // the classic owner/group/other rule (uid 0 always may).
 bool CallerCanRead(const Caller& caller, uint32_t uid, uint32_t gid, uint32_t mode);
 
+// Returns the read bits the kernel may enforce on a file that describes the
+// image with stat `own` and draws on the first `count` elements of `chain`
+// (the kernel serves cached pages to whoever its mode check lets through):
+// a class keeps its r bit only if every user of it can read every element.
+uint32_t SharedReadBits(const core::FileStat& own, const core::Chain& chain, size_t count);
+
 }  // namespace chainfs::fs

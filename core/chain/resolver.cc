@@ -42,13 +42,6 @@ std::string ShellWord(std::string_view s, std::string_view placeholder) {
   return out;
 }
 
-// Returns true if reading a file as `recorded` gives the guest the same
-// bytes as reading it as `probed`: equal names, or iso (which qemu opens
-// as raw) against raw.
-bool SameGuestView(std::string_view recorded, std::string_view probed) {
-  auto plain = [](std::string_view f) { return f == "raw" || f == "iso"; };
-  return recorded == probed || (plain(recorded) && plain(probed));
-}
 
 // Builds the fix for a backing reference recorded by `recorder`: the file
 // operation in the mount (when the recorder is a pool volume) and the
@@ -311,6 +304,11 @@ Chain ResolveChain(ImageInspector& inspector, const std::string& path,
 
 Chain ContinueChain(ImageInspector& inspector, Chain start, const ResolveOptions& options) {
   return Walker(inspector, options).Resume(std::move(start));
+}
+
+bool SameGuestView(std::string_view recorded, std::string_view probed) {
+  auto plain = [](std::string_view f) { return f == "raw" || f == "iso"; };
+  return recorded == probed || (plain(recorded) && plain(probed));
 }
 
 std::string SystemErrorText(const Status& status) {

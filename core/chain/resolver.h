@@ -7,6 +7,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "core/chain/chain.h"
 #include "core/chain/inspector.h"
@@ -42,6 +43,11 @@ Chain ResolveChain(ImageInspector& inspector, const std::string& path,
 // and only count for loop detection. Returns `start` unchanged when its
 // last element cannot be reopened as before.
 Chain ContinueChain(ImageInspector& inspector, Chain start, const ResolveOptions& options = {});
+
+// Returns true if reading a file as `recorded` gives the guest the same
+// bytes as reading it as `probed`: equal names, or iso (which qemu opens as
+// raw) against raw.
+bool SameGuestView(std::string_view recorded, std::string_view probed);
 
 // Returns strerror's text for the errno a Status stands for ("No such file
 // or directory"), as libvirt's system errors end.

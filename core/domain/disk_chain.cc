@@ -64,10 +64,6 @@ void AddFix(Problem& p, const std::string& more) {
   p.fix = p.fix.empty() ? more : p.fix + "; " + more;
 }
 
-bool SameGuestView(std::string_view a, std::string_view b) {
-  auto plain = [](std::string_view f) { return f == "raw" || f == "iso"; };
-  return a == b || (plain(a) && plain(b));
-}
 
 // Why libvirt does not follow the chain past a network element of
 // `protocol` (DESIGN section 10).
