@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <exception>
+#include <future>
 
 #include "core/chain/backing_ref.h"
 #include "core/io/file.h"
@@ -175,6 +177,44 @@ std::shared_ptr<const ChainSnapshot> ChainCache::GetWith(
       return cached;
     }
   }
+  // One resolution per key at a time: a caller that finds the key being
+  // resolved (the directory prefetch racing the lookup it runs ahead of)
+  // waits for that result instead of probing the same images again.
+  std::promise<std::shared_ptr<const ChainSnapshot>> promise;
+  uint64_t ticket = 0;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto pending = pending_.find(path);
+    if (pending != pending_.end()) {
+      std::shared_future<std::shared_ptr<const ChainSnapshot>> result = pending->second.result;
+      lock.unlock();
+      ++hits_;
+      return result.get();
+    }
+    ticket = ++next_ticket_;
+    pending_[path] = Pending{ticket, promise.get_future().share()};
+  }
+  try {
+    std::shared_ptr<const ChainSnapshot> snap = Resolve(path, ticket, resolve);
+    promise.set_value(snap);
+    return snap;
+  } catch (...) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      EndPending(path, ticket);
+    }
+    promise.set_exception(std::current_exception());
+    throw;
+  }
+}
+
+void ChainCache::EndPending(const std::string& path, uint64_t ticket) {
+  auto it = pending_.find(path);
+  if (it != pending_.end() && it->second.ticket == ticket) pending_.erase(it);
+}
+
+std::shared_ptr<const ChainSnapshot> ChainCache::Resolve(
+    const std::string& path, uint64_t ticket, const std::function<core::Chain()>& resolve) {
   ++misses_;
   core::Chain chain = resolve();
   std::vector<std::optional<core::FileIdentity>> ids;
@@ -205,6 +245,7 @@ std::shared_ptr<const ChainSnapshot> ChainCache::GetWith(
   std::vector<std::shared_ptr<const ChainSnapshot>> dropped;  // released after unlock
   {
     std::lock_guard<std::mutex> lock(mu_);
+    EndPending(path, ticket);
     auto it = entries_.find(path);
     if (it != entries_.end()) {
       dropped.push_back(std::move(it->second.snap));
@@ -229,6 +270,7 @@ void ChainCache::Invalidate(const std::string& path) {
   core::Result<core::FileStat> st = core::StatPath(path);
   std::vector<std::shared_ptr<const ChainSnapshot>> dropped;  // released after unlock
   std::lock_guard<std::mutex> lock(mu_);
+  pending_.clear();  // which pending chains run through `path` is not known yet
   for (auto it = entries_.begin(); it != entries_.end();) {
     const ChainSnapshot& snap = *it->second.snap;
     bool uses = false;
@@ -254,6 +296,7 @@ void ChainCache::Clear() {
   std::lock_guard<std::mutex> lock(mu_);
   dropped.swap(entries_);
   lru_.clear();
+  pending_.clear();
 }
 
 bool ChainCache::WatchesDir(const std::string& normalized_dir) const {

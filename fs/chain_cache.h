@@ -19,6 +19,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <list>
 #include <map>
 #include <memory>
@@ -122,6 +123,8 @@ class ChainCache {
   // without re-stating their elements. It must outlive its use.
   void set_change_monitor(const core::ChangeMonitor* monitor) { monitor_.store(monitor); }
   ChainCacheStats stats() const;
+  // Returns how many chains the cache keeps at most.
+  size_t capacity() const { return max_entries_; }
   // Returns the change monitor's current quiet epoch (nullopt without a
   // monitor, or while changes are being applied).
   std::optional<uint64_t> QuietEpoch() const {
@@ -143,6 +146,14 @@ class ChainCache {
   // Re-stats every element of `snap`; on success, records the epoch it is
   // valid in when the monitor can vouch for all its elements.
   bool Revalidate(const ChainSnapshot& snap) const;
+  // Resolves the chain under `path` now, caches it and ends its pending entry.
+  // `ticket` names the resolution in pending_.
+  std::shared_ptr<const ChainSnapshot> Resolve(const std::string& path, uint64_t ticket,
+                                               const std::function<core::Chain()>& resolve);
+  // Removes the pending entry of `path` if it is still resolution `ticket`'s
+  // (Invalidate and Clear drop pending entries, and a new resolution may
+  // have taken the key since). Called with mu_ held.
+  void EndPending(const std::string& path, uint64_t ticket);
 
   core::ImageInspector& inspector_;
   core::VolumeLocator locate_;
@@ -158,6 +169,15 @@ class ChainCache {
   };
   std::unordered_map<std::string, Entry> entries_;  // guarded by mu_
   Lru lru_;                                         // guarded by mu_; front = newest
+  // Keys being resolved now, with the result their resolver will publish.
+  // Invalidate and Clear forget them all: a caller after a change must not
+  // be handed a resolution that began before it.
+  struct Pending {
+    uint64_t ticket = 0;
+    std::shared_future<std::shared_ptr<const ChainSnapshot>> result;
+  };
+  std::unordered_map<std::string, Pending> pending_;  // guarded by mu_
+  uint64_t next_ticket_ = 0;                          // guarded by mu_
   std::atomic<uint64_t> hits_{0}, misses_{0};
 };
 

@@ -4,6 +4,9 @@
 
 #include <algorithm>
 
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+
 #include "core/render/domain_render.h"
 #include "core/render/render.h"
 #include "fs/chain_nodes.h"
@@ -64,6 +67,34 @@ Result<Tree::DiskState> Tree::Disk(const std::string& domain, const std::string&
     return core::ResolveShownDisk(*inspector_, *hold, *disk, ctx);
   });
   return d;
+}
+
+Tree::~Tree() = default;
+
+void Tree::PrefetchDisks(const std::shared_ptr<const core::DomainSet>& set,
+                         const std::string& only) {
+  std::pair<uint64_t, uint64_t> generations{set->generation, catalog_.generation()};
+  boost::asio::thread_pool* pool = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(prefetch_mu_);
+    // Whole-set prefetch done for these generations: its disks are cached
+    // (or were dropped for newer chains, which a new prefetch would not help).
+    if (prefetched_ == generations) return;
+    if (only.empty()) prefetched_ = generations;
+    if (!prefetch_pool_) prefetch_pool_ = std::make_unique<boost::asio::thread_pool>(kPrefetchThreads);
+    pool = prefetch_pool_.get();
+  }
+  size_t budget = chains_.capacity() / 2;
+  for (const auto& [name, entry] : set->domains) {
+    if (!only.empty() && name != only) continue;
+    for (const core::DiskDef& d : entry->def.disks) {
+      if (budget == 0) return;
+      --budget;
+      // Disk() takes the set current when it runs and caches the chain
+      // under the key the lookup will use; its errors are the lookup's.
+      boost::asio::post(*pool, [this, name = name, target = d.target] { (void)Disk(name, target); });
+    }
+  }
 }
 
 Result<NodeKey> Tree::LookupDomainNode(const NodeKey& parent, const std::string& name) {
@@ -127,6 +158,7 @@ Result<std::vector<DirEntry>> Tree::ListDomainNode(const NodeKey& key) {
       for (const auto& [name, entry] : set->domains) {
         out.push_back({name, NodeKey{NodeKind::kDomainDir, name}});
       }
+      PrefetchDisks(set, "");
       return out;
     }
     case NodeKind::kDomainDir: {
@@ -140,6 +172,7 @@ Result<std::vector<DirEntry>> Tree::ListDomainNode(const NodeKey& key) {
       for (const core::DiskDef& d : (*entry)->def.disks) {
         out.push_back({d.target, NodeKey{NodeKind::kDiskDir, key.pool, d.target}});
       }
+      PrefetchDisks(domains_->Current(), key.pool);
       return out;
     }
     case NodeKind::kDiskDir: {

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include <boost/asio/thread_pool.hpp>  // ~unique_ptr in the constructor
+
 #include "core/chain/backing_ref.h"
 #include "core/render/render.h"
 #include "fs/chain_nodes.h"

@@ -26,6 +26,10 @@
 #include "fs/event_log.h"
 #include "fs/node.h"
 
+namespace boost::asio {
+class thread_pool;
+}
+
 namespace chainfs::fs {
 
 // Who is asking: from the FUSE request context.
@@ -66,6 +70,7 @@ struct DirEntry {
 class Tree {
  public:
   Tree(core::PoolCatalog& catalog, ChainCache& chains, EventLog& log);
+  ~Tree();  // joins the prefetch threads (fs/domain_tree.cc)
 
   // Resolves `name` in directory `parent`. kNotFound when absent.
   core::Result<NodeKey> Lookup(const NodeKey& parent, const std::string& name);
@@ -181,6 +186,13 @@ class Tree {
   core::Result<std::string> RenderDomainNode(const NodeKey& key);
   core::Result<std::string> DiskLinkTarget(const NodeKey& key, const ChainSnapshot& snap);
   core::Status CheckDomainAccess(const NodeKey& key, const Caller& caller);
+  // Resolves, on the prefetch threads, the chains of the disks of `entries`
+  // (every domain when .domains is listed, one when its directory is), so
+  // the lookups and reads that follow a listing (a shell glob, find) find
+  // them resolved, or being resolved, instead of probing one chain at a
+  // time. Once per domain-set and pool generation for the whole set; at
+  // most half the chain cache's capacity of disks per call.
+  void PrefetchDisks(const std::shared_ptr<const core::DomainSet>& set, const std::string& only);
 
   core::PoolCatalog& catalog_;
   ChainCache& chains_;
@@ -208,6 +220,15 @@ class Tree {
   std::shared_ptr<const UsersIndex> Users();
   std::mutex users_mu_;
   std::shared_ptr<const UsersIndex> users_index_;  // guarded by users_mu_
+
+  // The prefetch threads (created on first use) and the generations
+  // (domain set, pools) the last whole-set prefetch was for. Declared last:
+  // destroyed first, it drops the queued work and joins the running tasks
+  // before anything they use goes away.
+  static constexpr size_t kPrefetchThreads = 4;
+  std::mutex prefetch_mu_;
+  std::optional<std::pair<uint64_t, uint64_t>> prefetched_;  // guarded by prefetch_mu_
+  std::unique_ptr<boost::asio::thread_pool> prefetch_pool_;   // guarded by prefetch_mu_
 };
 
 // Returns the names of the browsable pools among `pools` whose folder holds

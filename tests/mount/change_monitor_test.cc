@@ -10,9 +10,12 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <set>
 #include <thread>
+#include <vector>
 
 #include "core/format/qcow2/writer.h"
 #include "core/pool/catalog.h"
@@ -156,6 +159,82 @@ TEST_F(ChainCacheMonitorTest, InvalidateDropsEveryChainThroughTheImage) {
   auto again = cache_.Get(dir_ + "/top.qcow2");
   cache_.Invalidate(dir_ + "/unrelated.qcow2");
   EXPECT_EQ(cache_.Get(dir_ + "/top.qcow2"), again);
+}
+
+// A resolver that counts its calls and waits until the test opens its gate.
+class GatedResolve {
+ public:
+  GatedResolve(core::ImageInspector& inspector, std::string path)
+      : inspector_(inspector), path_(std::move(path)) {}
+  core::Chain operator()() {
+    std::unique_lock<std::mutex> lock(mu_);
+    ++calls_;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return open_; });
+    lock.unlock();
+    return core::ResolveChain(inspector_, path_, {});
+  }
+  void WaitForCalls(int n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    ASSERT_TRUE(cv_.wait_for(lock, std::chrono::seconds(20), [&] { return calls_ >= n; }));
+  }
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  int calls() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_;
+  }
+
+ private:
+  core::ImageInspector& inspector_;
+  std::string path_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int calls_ = 0;
+  bool open_ = false;
+};
+
+TEST_F(ChainCacheMonitorTest, ConcurrentGetsOfOneKeyResolveItOnce) {
+  GatedResolve resolve(inspector_, dir_ + "/top.qcow2");
+  std::function<core::Chain()> fn = [&] { return resolve(); };
+  std::vector<std::shared_ptr<const ChainSnapshot>> got(8);
+  std::vector<std::thread> threads;
+  threads.emplace_back([&] { got[0] = cache_.GetWith("disk-key", fn); });
+  resolve.WaitForCalls(1);  // the first caller is resolving
+  for (size_t i = 1; i < got.size(); ++i) {
+    threads.emplace_back([&, i] { got[i] = cache_.GetWith("disk-key", fn); });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let them reach the wait
+  resolve.Open();
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(resolve.calls(), 1) << "the other callers probed the same chain again";
+  for (const auto& snap : got) {
+    ASSERT_NE(snap, nullptr);
+    EXPECT_EQ(snap, got[0]);
+  }
+  EXPECT_EQ(got[0]->chain().elements.size(), 2u);
+  EXPECT_EQ(cache_.stats().misses, 1u);
+}
+
+TEST_F(ChainCacheMonitorTest, AGetAfterInvalidateDoesNotWaitForAnOlderResolution) {
+  GatedResolve resolve(inspector_, dir_ + "/top.qcow2");
+  std::function<core::Chain()> fn = [&] { return resolve(); };
+  std::shared_ptr<const ChainSnapshot> older, newer;
+  std::thread first([&] { older = cache_.GetWith("disk-key", fn); });
+  resolve.WaitForCalls(1);
+  Grow(dir_ + "/base.qcow2");
+  cache_.Invalidate(dir_ + "/base.qcow2");  // the write side changed an element meanwhile
+  std::thread second([&] { newer = cache_.GetWith("disk-key", fn); });
+  resolve.WaitForCalls(2);  // resolved again, not joined to the older resolution
+  resolve.Open();
+  first.join();
+  second.join();
+  EXPECT_EQ(resolve.calls(), 2);
+  ASSERT_NE(newer, nullptr);
+  EXPECT_NE(newer, older);
 }
 
 TEST(PoolCatalogMonitor, ReusesTheScanInAQuietEpochAndRescansAfterIt) {

@@ -65,16 +65,6 @@ void MakeChainIn(const std::string& dir, const std::string& chain, int depth, Bo
 
 class MountBrokenChainCacheTest : public MountTest {
  protected:
-  // Returns counter `name` of .chainfs/stats (a test failure if absent).
-  uint64_t Stat(const std::string& name) {
-    std::string stats = "\n" + ReadFile(M(".chainfs/stats"));
-    size_t at = stats.find("\n" + name + " ");
-    if (at == std::string::npos) {
-      ADD_FAILURE() << "no " << name << " in stats:" << stats;
-      return 0;
-    }
-    return std::strtoull(stats.c_str() + at + name.size() + 2, nullptr, 10);
-  }
   // Expects value() == expected: at the next access when the kernel keeps
   // nothing (`exact`); else within the time inotify needs to reach the
   // daemon and the daemon the kernel (milliseconds; 5 s cap), as for

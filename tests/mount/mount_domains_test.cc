@@ -3,6 +3,7 @@
 // writes them (a new file renamed into place). The same documents as
 // chainctl's, byte for byte. The live-libvirt comparison is
 // tests/interop/domain_libvirt_test.cc.
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -164,6 +165,56 @@ TEST_F(MountDomainsTest, DefineStartDestroyUndefineShowOnTheNextAccess) {
     if (!gone) ::usleep(10000);
   }
   EXPECT_TRUE(gone);
+}
+
+// Listing .domains resolves every disk's chain on the prefetch threads, so
+// the lookups a glob makes next (cat .domains/*/*/problems) find them
+// resolved; the resolution is the same one a lookup would have made.
+TEST_F(MountDomainsTest, ListingTheDomainsResolvesTheirDisksAheadOfTheLookups) {
+  MakeChain();
+  ASSERT_TRUE(testutil::StripBackingFormat(P("top.qcow2")).ok());  // a problem to show
+  constexpr int kDomains = 6;
+  for (int i = 0; i < kDomains; ++i) {
+    std::string a = "a" + std::to_string(i) + ".qcow2", b = "b" + std::to_string(i) + ".qcow2";
+    QemuImgCreate({"-f", "qcow2", "-b", "top.qcow2", "-F", "qcow2", P(a)});
+    QemuImgCreate({"-f", "qcow2", P(b), "1M"});
+    Put(etc_, "vm" + std::to_string(i) + ".xml",
+        Domain("vm" + std::to_string(i), FileDisk("vda", P(a), "qcow2") + FileDisk("vdb", P(b), "qcow2")));
+  }
+  ASSERT_TRUE(MountDomains());
+  uint64_t before = Stat("chain_cache_misses");
+  DIR* d = ::opendir(M(".domains").c_str());
+  ASSERT_NE(d, nullptr);
+  int listed = 0;
+  while (struct dirent* e = ::readdir(d)) listed += e->d_name[0] != '.';
+  ::closedir(d);
+  EXPECT_EQ(listed, kDomains);
+  // No lookup below .domains yet: only the prefetch resolves the 12 disks.
+  uint64_t resolved = before;
+  for (int i = 0; i < 1000 && resolved < before + 2 * kDomains; ++i) {
+    ::usleep(10000);
+    resolved = Stat("chain_cache_misses");
+  }
+  EXPECT_EQ(resolved, before + 2 * kDomains);
+  for (int i = 0; i < kDomains; ++i) {
+    std::string vm = ".domains/vm" + std::to_string(i);
+    EXPECT_NE(ReadFile(M(vm + "/vda/problems")).find("format of backing image 'mid.qcow2'"),
+              std::string::npos);
+    EXPECT_EQ(ReadFile(M(vm + "/vdb/problems")), "");
+    int rc = 0;
+    EXPECT_EQ(ReadFile(M(vm + "/vda/problems")),
+              Ctl({"domain", "vm" + std::to_string(i), "vda", "--check"}, &rc));
+    EXPECT_EQ(rc, 1);
+  }
+  EXPECT_EQ(Stat("chain_cache_misses"), before + 2 * kDomains) << "a listed disk was resolved again";
+  // A second listing in the same generations prefetches nothing more.
+  d = ::opendir(M(".domains").c_str());
+  ASSERT_NE(d, nullptr);
+  while (::readdir(d) != nullptr) {
+  }
+  ::closedir(d);
+  ::usleep(100000);
+  EXPECT_EQ(Stat("chain_cache_misses"), before + 2 * kDomains);
 }
 
 TEST_F(MountDomainsTest, RunningDomainShowsDriftWhenItsImagesChangeUnderIt) {

@@ -292,6 +292,16 @@ void MountTest::TearDown() {
   mount_.Stop();
 }
 
+uint64_t MountTest::Stat(const std::string& name) {
+  std::string stats = "\n" + ReadFile(M(".chainfs/stats"));
+  size_t at = stats.find("\n" + name + " ");
+  if (at == std::string::npos) {
+    ADD_FAILURE() << "no " << name << " in stats:" << stats;
+    return 0;
+  }
+  return std::strtoull(stats.c_str() + at + name.size() + 2, nullptr, 10);
+}
+
 void MountTest::ExpectLogged(const std::string& op, const std::string& path,
                              const std::string& result, const std::string& reason_part) {
   std::string log = Log();

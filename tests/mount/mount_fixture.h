@@ -125,6 +125,8 @@ class MountTest : public ::testing::Test {
 
   // Returns the mount's .chainfs/log.
   std::string Log() { return ReadFile(M(".chainfs/log")); }
+  // Returns counter `name` of .chainfs/stats (a test failure if absent).
+  uint64_t Stat(const std::string& name);
   // Expects the last log line for `op` `path` `result` to contain `reason_part`.
   void ExpectLogged(const std::string& op, const std::string& path, const std::string& result,
                     const std::string& reason_part);
