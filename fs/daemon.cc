@@ -216,6 +216,7 @@ int RunMount(const MountOptions& options) {
     fuse_loop_cfg_set_max_threads(cfg, 16);
     rc = fuse_session_loop_mt(se.get(), cfg);
     fuse_loop_cfg_destroy(cfg);
+    state->tree.StopPrefetch();  // its tasks report new chains to the watcher
     watcher.Stop();
   }
   state->log.Add("unmount", config.mountpoint, rc == 0 ? "ok" : "error",

@@ -69,21 +69,31 @@ Result<Tree::DiskState> Tree::Disk(const std::string& domain, const std::string&
   return d;
 }
 
-Tree::~Tree() = default;
+Tree::~Tree() { StopPrefetch(); }
+
+void Tree::StopPrefetch() {
+  std::unique_ptr<boost::asio::thread_pool> pool;
+  {
+    std::lock_guard<std::mutex> lock(prefetch_mu_);
+    prefetch_stopped_ = true;
+    pool = std::move(prefetch_pool_);
+  }
+  if (!pool) return;
+  pool->stop();  // queued tasks are dropped; running ones finish
+  pool->join();
+}
 
 void Tree::PrefetchDisks(const std::shared_ptr<const core::DomainSet>& set,
                          const std::string& only) {
   std::pair<uint64_t, uint64_t> generations{set->generation, catalog_.generation()};
-  boost::asio::thread_pool* pool = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(prefetch_mu_);
-    // Whole-set prefetch done for these generations: its disks are cached
-    // (or were dropped for newer chains, which a new prefetch would not help).
-    if (prefetched_ == generations) return;
-    if (only.empty()) prefetched_ = generations;
-    if (!prefetch_pool_) prefetch_pool_ = std::make_unique<boost::asio::thread_pool>(kPrefetchThreads);
-    pool = prefetch_pool_.get();
-  }
+  // Posting is cheap; holding the lock keeps StopPrefetch from taking the
+  // pool away meanwhile.
+  std::lock_guard<std::mutex> lock(prefetch_mu_);
+  // Whole-set prefetch done for these generations: its disks are cached
+  // (or were dropped for newer chains, which a new prefetch would not help).
+  if (prefetch_stopped_ || prefetched_ == generations) return;
+  if (only.empty()) prefetched_ = generations;
+  if (!prefetch_pool_) prefetch_pool_ = std::make_unique<boost::asio::thread_pool>(kPrefetchThreads);
   size_t budget = chains_.capacity() / 2;
   for (const auto& [name, entry] : set->domains) {
     if (!only.empty() && name != only) continue;
@@ -92,7 +102,8 @@ void Tree::PrefetchDisks(const std::shared_ptr<const core::DomainSet>& set,
       --budget;
       // Disk() takes the set current when it runs and caches the chain
       // under the key the lookup will use; its errors are the lookup's.
-      boost::asio::post(*pool, [this, name = name, target = d.target] { (void)Disk(name, target); });
+      boost::asio::post(*prefetch_pool_,
+                        [this, name = name, target = d.target] { (void)Disk(name, target); });
     }
   }
 }

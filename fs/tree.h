@@ -72,6 +72,11 @@ class Tree {
   Tree(core::PoolCatalog& catalog, ChainCache& chains, EventLog& log);
   ~Tree();  // joins the prefetch threads (fs/domain_tree.cc)
 
+  // Drops the prefetch work not started, waits for the running tasks and
+  // starts no more. The daemon calls it when the loop has ended, before it
+  // stops the watcher that newly resolved chains report to.
+  void StopPrefetch();
+
   // Resolves `name` in directory `parent`. kNotFound when absent.
   core::Result<NodeKey> Lookup(const NodeKey& parent, const std::string& name);
   // Returns the attributes of `key` (a file's size is its rendered length).
@@ -229,6 +234,7 @@ class Tree {
   std::mutex prefetch_mu_;
   std::optional<std::pair<uint64_t, uint64_t>> prefetched_;  // guarded by prefetch_mu_
   std::unique_ptr<boost::asio::thread_pool> prefetch_pool_;   // guarded by prefetch_mu_
+  bool prefetch_stopped_ = false;                             // guarded by prefetch_mu_
 };
 
 // Returns the names of the browsable pools among `pools` whose folder holds
