@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(g++ cmake make pkg-config libfmt-dev libpugixml-dev libboost-dev libfuse3-dev fuse3
           libgtest-dev qemu-utils libvirt0 libxml2-utils jq groff-base man-db util-linux
           e2fsprogs procps zlib1g-dev libzstd-dev)
+# Guest tools the data-view tests run on VOL/data (fdisk/sfdisk, file).
+packages+=(fdisk file)
 # qemu-storage-daemon (in-use tests hold an image open with it).
 packages+=(qemu-system-common)
 # A real libvirtd and QEMU (TCG) for the domain tests, which start their own
