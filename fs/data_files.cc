@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "core/data/map_text.h"
+#include "core/write/in_use.h"
 #include "fs/tree.h"
 
 namespace chainfs::fs {
@@ -93,6 +94,9 @@ Result<std::shared_ptr<const core::ChainReader>> Tree::ReaderFor(const DataSourc
       core::ChainReader::Open(SubChain(source.snap->chain(), source.from));
   if (!opened.ok()) return opened.status();
   std::shared_ptr<const core::ChainReader> reader = std::move(opened).value();
+  // A chain a process holds for writing changes under the reader (its
+  // cached tables would go stale): a new reader for every request.
+  if (!core::ElementsHeldForWriting(source.snap->chain(), source.from).empty()) return reader;
   std::list<OpenReader> dropped;  // closed after unlock
   std::lock_guard<std::mutex> lock(readers_mu_);
   readers_.push_front(OpenReader{source.snap, source.from, reader});
@@ -133,6 +137,14 @@ Result<NodeAttr> Tree::DataAttr(const NodeKey& key) {
   a.size = top.meta ? top.meta->virtual_size : 0;
   a.chain = src->snap;
   a.watched = src->snap->watched();
+  if (!core::ElementsHeldForWriting(chain, src->from).empty()) {
+    // Held for writing (a running domain's top): the kernel keeps nothing.
+    // Attributes expire at once, and a new mtime at every GETATTR makes
+    // the kernel drop the pages before each read (auto_inval_data), which
+    // then comes here, to a reader opened for that request.
+    a.watched = false;
+    clock_gettime(CLOCK_REALTIME, &a.mtime);
+  }
   return a;
 }
 

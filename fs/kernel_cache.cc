@@ -205,7 +205,13 @@ void InvalidateKernelDomains(FsState& fs) {
   if (se == nullptr) return;
   std::vector<uint64_t> inodes;
   for (const auto& [ino, key] : fs.nodes.FindByPrefix("")) {
-    if (key.IsDomainNode()) inodes.push_back(ino);
+    // A domain started or stopped, so its QEMU took or dropped the locks
+    // of its images, which no inotify event reports: the nodes that show
+    // whether an image is held for writing go too (VOL/problems, data).
+    if (key.IsDomainNode() || Tree::IsDataNode(key) ||
+        (key.kind == NodeKind::kVolumeFile && key.file == "problems")) {
+      inodes.push_back(ino);
+    }
   }
   Notify(fs, se, inodes);
 }

@@ -112,7 +112,9 @@ void InvalidateKernelImages(FsState& fs, const std::vector<std::string>& paths);
 // The same for every node of the mount but the root and .chainfs.
 void InvalidateKernelAll(FsState& fs);
 // Drops the kernel's attributes, pages and listings of every node under
-// MOUNT/.domains (a domain or status file changed).
+// MOUNT/.domains (a domain or status file changed), and the attributes
+// and pages of every VOL/problems and data node: a domain that started or
+// stopped took or released its images' locks (Tree: "held for writing").
 void InvalidateKernelDomains(FsState& fs);
 
 }  // namespace chainfs::fs

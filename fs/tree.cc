@@ -8,6 +8,7 @@
 
 #include "core/chain/backing_ref.h"
 #include "core/render/render.h"
+#include "core/write/in_use.h"
 #include "fs/chain_nodes.h"
 
 namespace chainfs::fs {
@@ -383,6 +384,12 @@ Result<std::string> Tree::RenderChainFile(const NodeKey& key, const ChainSnapsho
     return rebase_renderer_ ? rebase_renderer_(v->path) : std::string();
   }
   if (f == "users") return RenderVolumeUsers(key.pool, key.volume);  // others' chains: not memoized
+  if (f == "problems") {
+    // The chain's problems, plus a line per element a process holds for
+    // writing now (QEMU's locks, which no event reports: not memoized).
+    return snap.Rendered(f, [&] { return core::RenderProblems(chain); }) +
+           core::RenderInUse(chain, core::ElementsHeldForWriting(chain));
+  }
   if (f == "map" || f == "map.json") return RenderMap(key, snap);
   if (f == "volume.xml" || f == "disk.xml") {
     // As chainctl: an image whose own header cannot be read has no XML.
@@ -396,7 +403,6 @@ Result<std::string> Tree::RenderChainFile(const NodeKey& key, const ChainSnapsho
     if (f == "info.json") return core::RenderInfoJson(chain);
     if (f == "volume.xml") return core::RenderVolumeXml(chain);
     if (f == "disk.xml") return core::RenderDiskXml(chain);
-    if (f == "problems") return core::RenderProblems(chain);
     return core::RenderElementField(chain.elements[0], f);
   });
 }
@@ -479,6 +485,12 @@ Result<NodeAttr> Tree::GetAttr(const NodeKey& key) {
       a.content = std::move(text).value();
       a.chain = *snap;
       a.watched = (*snap)->watched();
+      // Longer than the memoized problems: it has in-use lines, which the
+      // kernel must not keep (a lock comes and goes without an event).
+      if (key.file == "problems" &&
+          a.size != (*snap)->Rendered("problems", [&] { return core::RenderProblems(chain); }).size()) {
+        a.watched = false;
+      }
       return a;
     }
     case NodeKind::kElementDir:

@@ -21,6 +21,19 @@ std::string RenderProblems(const Chain& chain) {
   return out;
 }
 
+std::string RenderInUse(const Chain& chain, const std::vector<int>& held) {
+  std::string out;
+  for (int index : held) {
+    if (index < 0 || size_t(index) >= chain.elements.size()) continue;
+    out += fmt::format(
+        "{}: in use: a process holds '{}' open for writing (QEMU's image locks), so its guest "
+        "data may change while it is read; chainfs reads it as qemu-img -U does and the kernel "
+        "keeps none of it -- fix: for a stable copy, pause or shut off the domain first\n",
+        index, OneLine(chain.elements[size_t(index)].path));
+  }
+  return out;
+}
+
 std::string RenderChainList(const Chain& chain) {
   std::string out;
   for (const ChainElement& element : chain.elements) {

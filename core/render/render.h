@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/chain/chain.h"
 #include "core/pool/pool_def.h"
@@ -25,6 +26,10 @@ std::string RenderInfoJson(const Chain& chain);
 // `problems`: "" when healthy; else "<index>: <message> -- fix: <fix>\n" per
 // problem (" -- fix: ..." left out when a problem has no fix).
 std::string RenderProblems(const Chain& chain);
+// The lines `problems` adds for the elements `held` (indexes) that a
+// process holds for writing (core/write/in_use.h): "<index>: in use: ..."
+// saying that the guest data may change while it is read. "" if none.
+std::string RenderInUse(const Chain& chain, const std::vector<int>& held);
 
 // `volume.xml`: as `virsh vol-dumpxml` (element 0, one-level backingStore).
 std::string RenderVolumeXml(const Chain& chain);

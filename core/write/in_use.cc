@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <initializer_list>
 
 namespace chainfs::core {
 namespace {
@@ -38,10 +39,10 @@ class Fd {
   int fd_;
 };
 
-}  // namespace
-
-Result<bool> FdInUse(int fd) {
-  for (const LockRange& r : kLockRanges) {
+// Reports whether another open file description holds a lock on any of
+// `ranges` of `fd`.
+Result<bool> AnyLockHeld(int fd, std::initializer_list<LockRange> ranges) {
+  for (const LockRange& r : ranges) {
     struct flock fl {};
     fl.l_type = F_WRLCK;
     fl.l_whence = SEEK_SET;
@@ -56,6 +57,34 @@ Result<bool> FdInUse(int fd) {
     if (fl.l_type != F_UNLCK) return true;
   }
   return false;
+}
+
+// QEMU's byte for BLK_PERM_WRITE (bit 1 above its permission base, 100).
+constexpr LockRange kWritePermByte{101, 1};
+
+}  // namespace
+
+Result<bool> FdInUse(int fd) {
+  return AnyLockHeld(fd, {kLockRanges[0], kLockRanges[1], kLockRanges[2]});
+}
+
+Result<bool> FdHeldForWriting(int fd) { return AnyLockHeld(fd, {kLockRanges[0], kWritePermByte}); }
+
+Result<bool> ImageHeldForWriting(const std::string& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
+  if (fd.get() < 0) return Status::FromErrno(errno, "open " + path);
+  return FdHeldForWriting(fd.get());
+}
+
+std::vector<int> ElementsHeldForWriting(const Chain& chain, size_t from) {
+  std::vector<int> held;
+  for (size_t i = from; i < chain.elements.size(); ++i) {
+    const ChainElement& e = chain.elements[i];
+    if (e.network || !e.stat) continue;
+    Result<bool> writing = ImageHeldForWriting(e.path);
+    if (writing.ok() && *writing) held.push_back(e.index);
+  }
+  return held;
 }
 
 Result<bool> ImageInUse(const std::string& path) {

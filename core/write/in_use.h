@@ -10,7 +10,9 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
+#include "core/chain/chain.h"
 #include "core/status.h"
 
 namespace chainfs::core {
@@ -24,6 +26,19 @@ Result<bool> FdInUse(int fd);
 // Reports whether the image at `path` is in use (see FdInUse). kNotFound /
 // kPermissionDenied / kIo when it cannot be opened.
 Result<bool> ImageInUse(const std::string& path);
+
+// Reports whether another open file description holds the lock byte of
+// QEMU's WRITE permission (101) or libvirt's byte 0 on the open file `fd`:
+// a process that may change the image's content while it is read (a
+// running domain's top). A QEMU that only reads the image (a backing file)
+// does not count. Same conventions as FdInUse.
+Result<bool> FdHeldForWriting(int fd);
+// The same by path (opened read-only, non-blocking).
+Result<bool> ImageHeldForWriting(const std::string& path);
+// Returns the indexes of the elements of `chain`, from element `from`
+// down, whose files are held for writing (local files that were opened;
+// an element that cannot be checked is not listed).
+std::vector<int> ElementsHeldForWriting(const Chain& chain, size_t from = 0);
 
 // Returns kBusy naming `path` if the image is in use, its errors otherwise.
 Status CheckNotInUse(const std::string& path);

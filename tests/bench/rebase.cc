@@ -41,58 +41,6 @@ bool Check(bool ok, const char* what) {
   return ok;
 }
 
-// Fills `path` with random bytes: `fraction` of a `size`-byte file, in runs
-// of 64 KiB..1 MiB at 4 KiB-aligned offsets.
-bool Scribble(const std::string& path, uint64_t size, double fraction, uint64_t seed) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  std::mt19937_64 rng(seed);
-  std::vector<uint64_t> buf((1 << 20) / 8);
-  uint64_t written = 0;
-  const uint64_t target = uint64_t(double(size) * fraction);
-  bool ok = true;
-  while (written < target && ok) {
-    const uint64_t len = std::min<uint64_t>(size, 65536 * (1 + rng() % 16));
-    const uint64_t off = (rng() % ((size - len) / 4096 + 1)) * 4096;
-    for (size_t i = 0; i < len / 8; ++i) buf[i] = rng();
-    ok = ::pwrite(fd, buf.data(), len, off_t(off)) == ssize_t(len);
-    written += len;
-  }
-  ::close(fd);
-  return ok;
-}
-
-// Creates `path` holding `bytes` random bytes.
-bool RandomFile(const std::string& path, size_t bytes, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<uint64_t> buf(bytes / 8);
-  for (uint64_t& v : buf) v = rng();
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return false;
-  const bool ok = ::write(fd, buf.data(), bytes) == ssize_t(bytes);
-  ::close(fd);
-  return ok;
-}
-
-// Writes random data over `fraction` of a qcow2 overlay with qemu-io (runs
-// of 64 KiB..1 MiB at 4 KiB-aligned offsets, so clusters are partly copied
-// up from the backing), taking the bytes from the `sources` files.
-bool OverlayWrites(const std::string& path, uint64_t size, double fraction,
-                   const std::vector<std::string>& sources, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<std::string> argv = {"qemu-io", "-f", "qcow2"};
-  uint64_t written = 0;
-  while (written < uint64_t(double(size) * fraction)) {
-    const uint64_t len = 65536 * (1 + rng() % 16);
-    const uint64_t off = (rng() % ((size - len) / 4096)) * 4096;
-    argv.insert(argv.end(), {"-c", fmt::format("write -q -s {} {} {}",
-                                               sources[rng() % sources.size()], off, len)});
-    written += len;
-  }
-  argv.push_back(path);
-  return RunQuiet(argv) == 0;
-}
-
 bool Copy(const std::string& from, const std::string& to) {
   return RunQuiet({"cp", "--sparse=always", from, to}) == 0;
 }
@@ -180,26 +128,12 @@ int Main(int argc, char** argv) {
               dir.c_str(), runs);
 
   // Build the chain.
-  const std::string base_raw = dir + "/base.raw", top_raw = dir + "/top.raw";
-  const std::string base = dir + "/base.qcow2", mid = dir + "/mid.qcow2", top = dir + "/top.qcow2";
-  std::vector<std::string> sources;
-  bool ok = true;
-  for (int i = 0; i < 16 && ok; ++i) {
-    sources.push_back(fmt::format("{}/src{}.bin", dir, i));
-    ok = Check(RandomFile(sources.back(), 1 << 20, 100 + i), "source data");
-  }
-  ok = ok && Check(RunQuiet({"truncate", "-s", std::to_string(size), base_raw}) == 0, "truncate") &&
-       Check(Scribble(base_raw, size, 1.6, 1), "base data") &&  // ~80% covered
-       Check(RunQuiet({"qemu-img", "convert", "-O", "qcow2", base_raw, base}) == 0,
-             "convert base") &&
-       Check(RunQuiet({"qemu-img", "create", "-f", "qcow2", "-b", base, "-F", "qcow2", mid}) == 0,
-             "create mid") &&
-       Check(OverlayWrites(mid, size, 0.25, sources, 2), "mid writes") &&
-       Check(RunQuiet({"qemu-img", "create", "-f", "qcow2", "-b", mid, "-F", "qcow2", top}) == 0,
-             "create top") &&
-       Check(OverlayWrites(top, size, 0.10, sources, 3), "top writes") &&
-       Check(RunQuiet({"qemu-img", "convert", "-O", "raw", top, top_raw}) == 0, "export top");
-  ::unlink(base_raw.c_str());
+  RandomChain chain;
+  bool ok = Check(MakeRandomChain(dir, size, &chain), "building the chain");
+  const std::string& base = chain.base;
+  const std::string& top = chain.top;
+  const std::string& top_raw = chain.top_raw;
+  const std::string& mid = chain.mid;
   if (!ok) {
     RemoveTree(dir);
     return 1;

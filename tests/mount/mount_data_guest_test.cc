@@ -12,27 +12,19 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "mount/mount_fixture.h"
+#include "util/qemu_holder.h"
 
 namespace chainfs::mounttest {
 namespace {
 
 class MountDataGuestTest : public MountTest {
  protected:
-  // Converts `image` to raw in the temp folder and returns the file.
-  std::string Converted(const std::string& image, const std::string& name) {
-    std::string out = tmp_.Sub(name);
-    MustRun({"qemu-img", "convert", "-U", "-O", "raw", image, out});
-    return out;
-  }
-  void ExpectSameBytes(const std::string& a, const std::string& b) {
-    testutil::RunResult r = testutil::Run({"cmp", a, b});
-    EXPECT_EQ(r.exit_code, 0) << a << " vs " << b << ": " << r.out << r.err;
-  }
   // Makes folder NAME in the temp folder holding `files` (name, content).
   std::string Tree(const std::string& name,
                    const std::vector<std::pair<std::string, std::string>>& files) {
@@ -266,6 +258,113 @@ TEST_F(MountDataGuestTest, EveryQcow2KindAndEveryLayerReadsAsQemuImgConvert) {
     EXPECT_EQ(ReadFile(M("p/" + t.name + "/map.json")),
               MustRun({"qemu-img", "map", "-U", "--output=json", P(t.name)}).out);
   }
+}
+
+// Returns `size` bytes of `path` at `off` read with one pread (what a
+// reader of VOL/data gets for one request), "" if it cannot be opened.
+std::string ReadAt(const std::string& path, off_t off, size_t size) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return "";
+  std::string out(size, '\0');
+  ssize_t n = ::pread(fd, out.data(), size, off);
+  ::close(fd);
+  out.resize(n > 0 ? size_t(n) : 0);
+  return out;
+}
+
+// Writes `size` bytes of `byte` at `off` straight into `path`, as a guest
+// writes through QEMU.
+void WriteAt(const std::string& path, char byte, off_t off, size_t size) {
+  int fd = ::open(path.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0) << path;
+  std::string bytes(size, byte);
+  ASSERT_EQ(::pwrite(fd, bytes.data(), size, off), ssize_t(size));
+  ::close(fd);
+}
+
+// An image a running QEMU holds for writing (its image locks) is read as
+// qemu-img -U reads it, never from the kernel's cache, and its problems
+// (and chainctl check) say its data may change; a QEMU that only reads an
+// image (as it holds a backing file) changes nothing. The locks raise no
+// event: the note shows when libvirt's status file of the domain appears
+// or goes (the run folder is watched), as it does after QEMU opened its
+// disks and after QEMU ended.
+TEST_F(MountDataGuestTest, AnImageHeldForWritingIsReadUncachedAndProblemsSaySo) {
+  QemuImgCreate({"-f", "raw", P("disk.raw"), "4M"});
+  WriteAt(P("disk.raw"), '\x11', 0, 64 << 10);
+  std::string run = tmp_.Sub("run");
+  ASSERT_EQ(::mkdir(run.c_str(), 0755), 0);
+  ASSERT_TRUE(MountPool({"--run-dir", run}));
+  EXPECT_EQ(ReadAt(M("p/disk.raw/data"), 0, 64 << 10), std::string(64 << 10, '\x11'));  // cached
+  EXPECT_EQ(ReadFile(M("p/disk.raw/problems")), "");  // cached
+  const std::string note = "0: in use: a process holds '" + P("disk.raw") + "' open for writing";
+  auto expect_problems = [&](bool with_note) {
+    std::string got;
+    for (int i = 0; i < 500; ++i) {
+      got = ReadFile(M("p/disk.raw/problems"));
+      if ((got.rfind(note, 0) == 0) == with_note) return got;
+      ::usleep(10000);
+    }
+    ADD_FAILURE() << "problems: '" << got << "'";
+    return got;
+  };
+  // The domain "starts": QEMU holds the disk, then libvirt writes its status.
+  const std::string status = run + "/vm.xml";
+  auto put_status = [&] {
+    MustRun({"sh", "-c",
+             "printf '%s\\n' \"<domstatus state='running' pid='1'><domain type='qemu'><name>vm</name>"
+             "</domain></domstatus>\" > \"$1.new\" && mv \"$1.new\" \"$1\"",
+             "sh", status});
+  };
+  {
+    testutil::QemuHolder reader(P("disk.raw"), "raw", testutil::QemuHolder::Tool::kQemuIoReadOnly);
+    ASSERT_TRUE(reader.holding());
+    put_status();
+    ::usleep(200000);
+    EXPECT_EQ(ReadFile(M("p/disk.raw/problems")), "") << "a reader only";
+    EXPECT_EQ(Chainctl({"check", P("disk.raw")}), "");
+    ASSERT_EQ(::unlink(status.c_str()), 0);
+  }
+  auto writer = std::make_unique<testutil::QemuHolder>(P("disk.raw"), "raw");
+  ASSERT_TRUE(writer->holding());
+  put_status();
+  std::string problems = expect_problems(true);
+  EXPECT_NE(problems.find("-- fix: for a stable copy, pause or shut off the domain first\n"),
+            std::string::npos) << problems;
+  int rc = -1;
+  EXPECT_EQ(Chainctl({"check", P("disk.raw")}, &rc), problems);
+  EXPECT_EQ(rc, 0) << "a note, not a problem of the chain";
+  // From now on the kernel keeps nothing of the data: every write the
+  // guest makes is seen by the very next read, with no wait.
+  for (int k = 1; k <= 30; ++k) {
+    const char byte = char(0x20 + k);
+    WriteAt(P("disk.raw"), byte, 0, 64 << 10);
+    ASSERT_EQ(ReadAt(M("p/disk.raw/data"), 0, 64 << 10), std::string(64 << 10, byte))
+        << "write " << k << " was not seen by the next read";
+  }
+  struct stat a, b;
+  ASSERT_EQ(::stat(M("p/disk.raw/data").c_str(), &a), 0);
+  ASSERT_EQ(::stat(M("p/disk.raw/data").c_str(), &b), 0);
+  EXPECT_TRUE(a.st_mtim.tv_sec != b.st_mtim.tv_sec || a.st_mtim.tv_nsec != b.st_mtim.tv_nsec)
+      << "the kernel kept the attributes";
+  // The domain stops: QEMU ends, then libvirt removes the status file.
+  writer.reset();
+  ASSERT_EQ(::unlink(status.c_str()), 0);
+  expect_problems(false);
+  EXPECT_EQ(Chainctl({"check", P("disk.raw")}), "");
+}
+
+// With nothing cached before, the note comes and goes with the holder alone.
+TEST_F(MountDataGuestTest, TheInUseNoteGoesWhenTheHolderDoes) {
+  QemuImgCreate({"-f", "qcow2", P("top.qcow2"), "4M"});
+  ASSERT_TRUE(MountPool());
+  {
+    testutil::QemuHolder writer(P("top.qcow2"), "qcow2");
+    ASSERT_TRUE(writer.holding());
+    EXPECT_NE(ReadFile(M("p/top.qcow2/problems")).find("0: in use: "), std::string::npos);
+  }
+  EXPECT_EQ(ReadFile(M("p/top.qcow2/problems")), "");
+  EXPECT_EQ(Chainctl({"check", P("top.qcow2")}), "");
 }
 
 // 64 readers over 16 volumes (4 each, every byte compared with qemu-img's

@@ -24,16 +24,6 @@ class MountDataTest : public MountTest {
     MustRun({"qemu-io", "-f", "qcow2", "-c", "write -P 0x22 8M 1M", P("mid.qcow2")});
     MustRun({"qemu-io", "-f", "qcow2", "-c", "write -P 0x33 1536K 64K", P("top.qcow2")});
   }
-  // Converts `image` to raw in the temp folder and returns the file.
-  std::string Converted(const std::string& image, const std::string& name) {
-    std::string out = tmp_.Sub(name);
-    MustRun({"qemu-img", "convert", "-U", "-O", "raw", image, out});
-    return out;
-  }
-  void ExpectSameBytes(const std::string& a, const std::string& b) {
-    testutil::RunResult r = testutil::Run({"cmp", a, b});
-    EXPECT_EQ(r.exit_code, 0) << a << " vs " << b << ": " << r.out << r.err;
-  }
 };
 
 TEST_F(MountDataTest, DataAndLayersMatchQemuImgConvert) {

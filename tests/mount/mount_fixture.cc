@@ -302,6 +302,17 @@ uint64_t MountTest::Stat(const std::string& name) {
   return std::strtoull(stats.c_str() + at + name.size() + 2, nullptr, 10);
 }
 
+std::string MountTest::Converted(const std::string& image, const std::string& name) {
+  std::string out = tmp_.Sub(name);
+  MustRun({"qemu-img", "convert", "-U", "-O", "raw", image, out});
+  return out;
+}
+
+void MountTest::ExpectSameBytes(const std::string& a, const std::string& b) {
+  testutil::RunResult r = testutil::Run({"cmp", a, b});
+  EXPECT_EQ(r.exit_code, 0) << a << " vs " << b << ": " << r.out << r.err;
+}
+
 void MountTest::ExpectLogged(const std::string& op, const std::string& path,
                              const std::string& result, const std::string& reason_part) {
   std::string log = Log();

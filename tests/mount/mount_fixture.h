@@ -127,6 +127,11 @@ class MountTest : public ::testing::Test {
   std::string Log() { return ReadFile(M(".chainfs/log")); }
   // Returns counter `name` of .chainfs/stats (a test failure if absent).
   uint64_t Stat(const std::string& name);
+  // Converts `image` with `qemu-img convert -U -O raw` to file `name` in
+  // the temp folder and returns that file.
+  std::string Converted(const std::string& image, const std::string& name);
+  // Expects `cmp a b` to find the files identical.
+  void ExpectSameBytes(const std::string& a, const std::string& b);
   // Expects the last log line for `op` `path` `result` to contain `reason_part`.
   void ExpectLogged(const std::string& op, const std::string& path, const std::string& result,
                     const std::string& reason_part);

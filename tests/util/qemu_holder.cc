@@ -26,6 +26,9 @@ QemuHolder::QemuHolder(const std::string& image, const std::string& format, Tool
     if (tool == Tool::kQemuIo) {
       ::execlp("qemu-io", "qemu-io", "-f", format.c_str(), image.c_str(),
                static_cast<char*>(nullptr));
+    } else if (tool == Tool::kQemuIoReadOnly) {
+      ::execlp("qemu-io", "qemu-io", "-r", "-f", format.c_str(), image.c_str(),
+               static_cast<char*>(nullptr));
     } else {
       std::string spec =
           "driver=" + format + ",node-name=disk,file.driver=file,file.filename=" + image;

@@ -14,6 +14,7 @@ class QemuHolder {
   enum class Tool {
     kQemuIo,          // qemu-io reading commands from a pipe that stays open
     kStorageDaemon,   // qemu-storage-daemon --blockdev
+    kQemuIoReadOnly,  // qemu-io -r: QEMU's read permission only, as it holds a backing file
   };
 
   // Starts the tool on `image` (opened as `format`) and waits up to 10 s

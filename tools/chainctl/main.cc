@@ -21,6 +21,7 @@
 #include "core/util/escape.h"
 #include "core/util/small_file.h"
 #include "core/write/create.h"
+#include "core/write/in_use.h"
 #include "core/write/rebase.h"
 #include "core/write/retarget.h"
 
@@ -156,7 +157,12 @@ int CmdChain(Context& ctx, const std::vector<std::string>& args) {
 int CmdCheck(Context& ctx, const std::vector<std::string>& args) {
   Chain chain;
   if (int rc = CmdOneImage(ctx, "check", args, &chain); rc != kExitOk) return rc;
-  if (!WriteOut(core::RenderProblems(chain))) return kExitError;
+  // As VOL/problems: plus a line per element held for writing now, which
+  // is a note, not a problem (the exit code stays the chain's).
+  if (!WriteOut(core::RenderProblems(chain) +
+                core::RenderInUse(chain, core::ElementsHeldForWriting(chain)))) {
+    return kExitError;
+  }
   return chain.healthy() ? kExitOk : kExitProblems;
 }
 

@@ -1,5 +1,7 @@
 #include "bench/common/bench_util.h"
 
+#include <fmt/format.h>
+
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -9,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -16,6 +19,62 @@
 extern char** environ;
 
 namespace chainfs::bench {
+namespace {
+
+// Fills `path` with random bytes: `fraction` of a `size`-byte file, in runs
+// of 64 KiB..1 MiB at 4 KiB-aligned offsets.
+bool Scribble(const std::string& path, uint64_t size, double fraction, uint64_t seed) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  std::mt19937_64 rng(seed);
+  std::vector<uint64_t> buf((1 << 20) / 8);
+  uint64_t written = 0;
+  const uint64_t target = uint64_t(double(size) * fraction);
+  bool ok = true;
+  while (written < target && ok) {
+    const uint64_t len = std::min<uint64_t>(size, 65536 * (1 + rng() % 16));
+    const uint64_t off = (rng() % ((size - len) / 4096 + 1)) * 4096;
+    for (size_t i = 0; i < len / 8; ++i) buf[i] = rng();
+    ok = ::pwrite(fd, buf.data(), len, off_t(off)) == ssize_t(len);
+    written += len;
+  }
+  ::close(fd);
+  return ok;
+}
+
+// Creates `path` holding `bytes` random bytes.
+bool RandomFile(const std::string& path, size_t bytes, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<uint64_t> buf(bytes / 8);
+  for (uint64_t& v : buf) v = rng();
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return false;
+  const bool ok = ::write(fd, buf.data(), bytes) == ssize_t(bytes);
+  ::close(fd);
+  return ok;
+}
+
+// Writes random data over `fraction` of a qcow2 overlay with qemu-io (runs
+// of 64 KiB..1 MiB at 4 KiB-aligned offsets, so clusters are partly copied
+// up from the backing), taking the bytes from the `sources` files.
+bool OverlayWrites(const std::string& path, uint64_t size, double fraction,
+                   const std::vector<std::string>& sources, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::string> argv = {"qemu-io", "-f", "qcow2"};
+  uint64_t written = 0;
+  while (written < uint64_t(double(size) * fraction)) {
+    const uint64_t len = 65536 * (1 + rng() % 16);
+    const uint64_t off = (rng() % ((size - len) / 4096)) * 4096;
+    argv.insert(argv.end(), {"-c", fmt::format("write -q -s {} {} {}",
+                                               sources[rng() % sources.size()], off, len)});
+    written += len;
+  }
+  argv.push_back(path);
+  return RunQuiet(argv) == 0;
+}
+
+}  // namespace
+
 
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -152,6 +211,42 @@ Mount::~Mount() { Unmount(); }
 void PrintRow(const std::string& name, double seconds, const std::string& note) {
   std::printf("  %-52s %9.3f s  %s\n", name.c_str(), seconds, note.c_str());
   std::fflush(stdout);
+}
+
+bool MakeRandomChain(const std::string& dir, uint64_t size, RandomChain* out) {
+  const std::string base_raw = dir + "/base.raw";
+  out->base = dir + "/base.qcow2";
+  out->mid = dir + "/mid.qcow2";
+  out->top = dir + "/top.qcow2";
+  out->top_raw = dir + "/top.raw";
+  std::vector<std::string> sources;
+  bool ok = true;
+  for (int i = 0; i < 16 && ok; ++i) {
+    sources.push_back(fmt::format("{}/src{}.bin", dir, i));
+    ok = RandomFile(sources.back(), 1 << 20, 100 + uint64_t(i));
+  }
+  auto step = [&](bool done, const char* what) {
+    if (ok && !done) std::fprintf(stderr, "bench: %s failed\n", what);
+    ok = ok && done;
+  };
+  step(ok, "source data");
+  if (ok) step(RunQuiet({"truncate", "-s", std::to_string(size), base_raw}) == 0, "truncate");
+  if (ok) step(Scribble(base_raw, size, 1.6, 1), "base data");  // ~80% covered
+  if (ok) step(RunQuiet({"qemu-img", "convert", "-O", "qcow2", base_raw, out->base}) == 0, "convert base");
+  if (ok) {
+    step(RunQuiet({"qemu-img", "create", "-f", "qcow2", "-b", out->base, "-F", "qcow2", out->mid}) == 0,
+         "create mid");
+  }
+  if (ok) step(OverlayWrites(out->mid, size, 0.25, sources, 2), "mid writes");
+  if (ok) {
+    step(RunQuiet({"qemu-img", "create", "-f", "qcow2", "-b", out->mid, "-F", "qcow2", out->top}) == 0,
+         "create top");
+  }
+  if (ok) step(OverlayWrites(out->top, size, 0.10, sources, 3), "top writes");
+  if (ok) step(RunQuiet({"qemu-img", "convert", "-O", "raw", out->top, out->top_raw}) == 0, "export top");
+  ::unlink(base_raw.c_str());
+  for (const std::string& src : sources) ::unlink(src.c_str());
+  return ok;
 }
 
 }  // namespace chainfs::bench

@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,16 @@ class Mount {
 std::string MakeBenchDir(const std::string& prefix);
 // Removes a directory tree.
 void RemoveTree(const std::string& path);
+
+// A 3-image qcow2 chain of random data made in DIR: base ~80% allocated,
+// mid overwriting ~25%, top ~10% (qemu-io writes of 64 KiB..1 MiB at 4 KiB
+// offsets, so clusters are partly copied up), and top_raw, the chain's
+// guest bytes as `qemu-img convert -O raw` writes them.
+struct RandomChain {
+  std::string base, mid, top, top_raw;
+};
+// Builds it (`size` bytes virtual); false, with a message, on failure.
+bool MakeRandomChain(const std::string& dir, uint64_t size, RandomChain* out);
 
 // Prints "name: N.NNN s" in an aligned table row.
 void PrintRow(const std::string& name, double seconds, const std::string& note = {});
