@@ -44,6 +44,23 @@ TEST_F(MountDataTest, DataAndLayersMatchQemuImgConvert) {
   ExpectSameBytes(Converted(P("top.qcow2"), "top-after.raw"), before);
 }
 
+// Sequential reads come in requests of 1 MiB, the largest libfuse takes:
+// the daemon raises the mount's readahead from the kernel's 128 KiB.
+TEST_F(MountDataTest, SequentialReadsArriveInOneMebibyteRequests) {
+  if (::geteuid() != 0) GTEST_SKIP() << "read_ahead_kb is root's to set";
+  MakeDataChain();
+  ASSERT_TRUE(MountPool());
+  std::string dev = MustRun({"mountpoint", "-d", mnt_}).out;
+  dev = dev.substr(0, dev.find('\n'));
+  EXPECT_EQ(ReadFile("/sys/class/bdi/" + dev + "/read_ahead_kb"), "1024\n");
+  uint64_t before = Stat("fuse_read");
+  MustRun({"dd", "if=" + M("p/top.qcow2/data"), "of=/dev/null", "bs=1M"});
+  uint64_t requests = Stat("fuse_read") - before;
+  EXPECT_LE(requests, 64u + 4u) << "64 MiB in more than 68 READ requests";
+  EXPECT_GE(requests, 64u);
+  ExpectLogged("mount", mnt_, "ok", "readahead 1024 KiB");
+}
+
 TEST_F(MountDataTest, MapFilesAreQemuImgMapAndChainctlMap) {
   MakeDataChain();
   ASSERT_TRUE(MountPool());
