@@ -7,7 +7,8 @@
 // then, in one run, for each (the order rotates between rounds):
 //   cold      dd if=FILE of=/dev/null bs=1M after sync + drop_caches
 //   warm      the same dd again
-//   fio       random 4 KiB reads, 4 jobs, psync, after drop_caches (fio --invalidate=1)
+//   fio       random 4 KiB reads, 4 jobs, psync, after drop_caches (fio --invalidate=1),
+//             then the same with O_DIRECT (no read served from the page cache)
 // Checks every server's bytes against `qemu-img convert -O raw` (cmp) first, and prints
 // times, throughput, IOPS, ratios and each server's peak RSS, plus chainfs's FUSE requests.
 // Needs root (FUSE, drop_caches) and the packages fio and libnbd-bin.
@@ -39,8 +40,8 @@ struct Server {
   std::string name;
   std::string file;
   std::vector<pid_t> pids;  // peak RSS summed over these
-  double cold = 0, warm = 0, iops = 0;
-  std::vector<double> colds, warms, iopss;
+  double cold = 0, warm = 0, iops = 0, direct = 0;
+  std::vector<double> colds, warms, iopss, directs;
 };
 
 // Waits up to 20 s for `path` to exist with `size` bytes.
@@ -74,12 +75,15 @@ double TimeDd(const std::string& file) {
   return rc == 0 ? SecondsSince(start) : -1;
 }
 
-// Runs fio's random 4 KiB reads on `file`; returns the read IOPS (0 on failure).
-double FioIops(const std::string& file, int seconds) {
+// Runs fio's random 4 KiB reads on `file`; returns the read IOPS (0 on
+// failure). `direct`: with O_DIRECT, so that no read is served from the
+// page cache (every one reaches the server).
+double FioIops(const std::string& file, int seconds, bool direct) {
   std::string out;
   int rc = RunQuiet({"fio", "--name=randread", "--filename=" + file, "--readonly", "--rw=randread",
                      "--bs=4k", "--numjobs=4", "--ioengine=psync", "--invalidate=1",
-                     "--time_based", "--runtime=" + std::to_string(seconds), "--group_reporting",
+                     std::string("--direct=") + (direct ? "1" : "0"), "--time_based",
+                     "--runtime=" + std::to_string(seconds), "--group_reporting",
                      "--output-format=json"},
                     &out);
   if (rc != 0) return 0;
@@ -217,31 +221,36 @@ int Main(int argc, char** argv) {
       for (size_t k = 0; k < servers.size() && ok; ++k) {
         Server& s = servers[(k + size_t(round)) % servers.size()];
         ok = DropCaches();
-        double iops = ok ? FioIops(s.file, fio_seconds) : 0;
-        ok = ok && iops > 0;
+        double iops = ok ? FioIops(s.file, fio_seconds, false) : 0;
+        ok = ok && DropCaches();
+        double direct = ok ? FioIops(s.file, fio_seconds, true) : 0;
+        ok = ok && iops > 0 && direct > 0;
         if (!ok) std::fprintf(stderr, "bench_data: fio on %s failed\n", s.name.c_str());
         s.iopss.push_back(iops);
+        s.directs.push_back(direct);
       }
     }
     if (ok) {
       const double mib = double(size_mib);
-      std::printf("\n  %-9s %-22s %-22s %-14s %s\n", "", "cold dd bs=1M (median)", "warm dd (median)",
-                  "fio 4k IOPS", "peak RSS");
+      std::printf("\n  %-9s %-22s %-22s %-12s %-12s %s\n", "", "cold dd bs=1M (median)",
+                  "warm dd (median)", "fio 4k IOPS", "O_DIRECT", "peak RSS");
       for (Server& s : servers) {
         s.cold = Median(s.colds);
         s.warm = Median(s.warms);
         s.iops = Median(s.iopss);
+        s.direct = Median(s.directs);
         long rss = 0;
         for (pid_t p : s.pids) rss += PeakRssKiB(p);
-        std::printf("  %-9s %7.3f s %7.0f MiB/s  %7.3f s %7.0f MiB/s  %9.0f      %.1f MiB\n",
-                    s.name.c_str(), s.cold, mib / s.cold, s.warm, mib / s.warm, s.iops,
+        std::printf("  %-9s %7.3f s %7.0f MiB/s  %7.3f s %7.0f MiB/s  %9.0f   %9.0f    %.1f MiB\n",
+                    s.name.c_str(), s.cold, mib / s.cold, s.warm, mib / s.warm, s.iops, s.direct,
                     double(rss) / 1024);
         std::string all;
         for (size_t r = 0; r < s.colds.size(); ++r) {
           all += " " + std::to_string(s.colds[r]).substr(0, 5) + "/" +
-                 std::to_string(s.warms[r]).substr(0, 5) + "/" + std::to_string(int(s.iopss[r]));
+                 std::to_string(s.warms[r]).substr(0, 5) + "/" + std::to_string(int(s.iopss[r])) +
+                 "/" + std::to_string(int(s.directs[r]));
         }
-        std::printf("  %-9s every round (cold s / warm s / IOPS):%s\n", "", all.c_str());
+        std::printf("  %-9s every round (cold s / warm s / IOPS / O_DIRECT IOPS):%s\n", "", all.c_str());
       }
       auto worst = [](const std::vector<double>& v, bool high) {
         return high ? *std::max_element(v.begin(), v.end()) : *std::min_element(v.begin(), v.end());
@@ -257,6 +266,10 @@ int Main(int argc, char** argv) {
                   servers[0].iops / servers[1].iops, servers[0].iops / servers[2].iops,
                   worst(servers[0].iopss, false) / worst(servers[1].iopss, true),
                   worst(servers[0].iopss, false) / worst(servers[2].iopss, true));
+      std::printf("  fio O_DIRECT: chainfs/qsd %.2fx, chainfs/nbdfuse %.2fx (least favourable: %.2fx, %.2fx)\n",
+                  servers[0].direct / servers[1].direct, servers[0].direct / servers[2].direct,
+                  worst(servers[0].directs, false) / worst(servers[1].directs, true),
+                  worst(servers[0].directs, false) / worst(servers[2].directs, true));
       std::printf("  chainfs FUSE READ requests during the measurements: %llu\n",
                   (unsigned long long)(StatOf(mount.path(), "fuse_read") - reads_before));
     } else {
