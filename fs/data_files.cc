@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "core/data/map_text.h"
+#include "core/io/file.h"
 #include "core/write/in_use.h"
 #include "fs/tree.h"
 
@@ -133,10 +134,24 @@ Result<NodeAttr> Tree::DataAttr(const NodeKey& key) {
     if (first || Later(e.stat->ctime, a.ctime)) a.ctime = e.stat->ctime;
     first = false;
   }
+  // Files the bytes come from besides the elements (a vmdk's extents, a
+  // qcow2's external data file): the mode bits cover them too, and the
+  // kernel keeps nothing of such a file, since no element's check sees
+  // them change (a chmod of an extent must show at the next access).
+  bool other_files = false;
+  if (top.stat) {
+    if (Result<std::shared_ptr<const core::ChainReader>> reader = ReaderFor(*src); reader.ok()) {
+      for (const std::string& file : (*reader)->OtherFiles()) {
+        other_files = true;
+        Result<core::FileStat> st = core::StatPath(file);
+        bits = st.ok() ? NarrowReadBits(bits, *top.stat, *st) : 0;
+      }
+    }
+  }
   a.mode = S_IFREG | bits;
   a.size = top.meta ? top.meta->virtual_size : 0;
   a.chain = src->snap;
-  a.watched = src->snap->watched();
+  a.watched = src->snap->watched() && !other_files;
   if (!core::ElementsHeldForWriting(chain, src->from).empty()) {
     // Held for writing (a running domain's top): the kernel keeps nothing.
     // Attributes expire at once, and a new mtime at every GETATTR makes
@@ -159,6 +174,14 @@ Result<std::string> Tree::ReadData(const NodeKey& key, const Caller& caller, uin
     // read: EIO, with the chain's reason in the log.
     return Status(Code::kIo, fmt::format("guest data cannot be read: {}", reader.status().message()),
                   EIO);
+  }
+  // Authorize covered the elements; the bytes may also come from other files.
+  for (const std::string& file : (*reader)->OtherFiles()) {
+    Result<core::FileStat> st = core::StatPath(file);
+    if (!st.ok() || !CallerCanRead(caller, st->uid, st->gid, st->mode)) {
+      return Error(Code::kPermissionDenied, "uid {} may not read {} (the data of {} is read from it)",
+                   caller.uid, file, key.Path());
+    }
   }
   const uint64_t total = (*reader)->Size();
   if (off >= total) return std::string();

@@ -104,18 +104,23 @@ bool IsDirVolumeChain(const core::Chain& chain) {
 // user of that class can read every image drawn on. Whether a user belongs
 // to another image's group is not known here, so it counts only when it is
 // the same group; the bits can only narrow the image's own.
+uint32_t NarrowReadBits(uint32_t bits, const core::FileStat& own, const core::FileStat& s) {
+  bool everyone = (s.mode & kReadBits) == kReadBits;
+  if (!everyone && !(s.uid == own.uid && (s.mode & S_IRUSR))) bits &= ~uint32_t(S_IRUSR);
+  if (!everyone && !(s.gid == own.gid && (s.mode & S_IRGRP) && (s.mode & S_IRUSR))) {
+    bits &= ~uint32_t(S_IRGRP);
+  }
+  if (!everyone) bits &= ~uint32_t(S_IROTH);
+  return bits;
+}
+
 uint32_t SharedReadBits(const core::FileStat& own, const core::Chain& chain, size_t count) {
   uint32_t bits = own.mode & kReadBits;
   for (size_t i = 0; i < count && i < chain.elements.size(); ++i) {
     if (!chain.elements[i].stat) continue;
     const core::FileStat& s = *chain.elements[i].stat;
     if (&s == &own) continue;
-    bool everyone = (s.mode & kReadBits) == kReadBits;
-    if (!everyone && !(s.uid == own.uid && (s.mode & S_IRUSR))) bits &= ~uint32_t(S_IRUSR);
-    if (!everyone && !(s.gid == own.gid && (s.mode & S_IRGRP) && (s.mode & S_IRUSR))) {
-      bits &= ~uint32_t(S_IRGRP);
-    }
-    if (!everyone) bits &= ~uint32_t(S_IROTH);
+    bits = NarrowReadBits(bits, own, s);
   }
   return bits;
 }

@@ -252,5 +252,7 @@ bool CallerCanRead(const Caller& caller, uint32_t uid, uint32_t gid, uint32_t mo
 // (the kernel serves cached pages to whoever its mode check lets through):
 // a class keeps its r bit only if every user of it can read every element.
 uint32_t SharedReadBits(const core::FileStat& own, const core::Chain& chain, size_t count);
+// The same rule for one more file `other` drawn on: `bits` narrowed.
+uint32_t NarrowReadBits(uint32_t bits, const core::FileStat& own, const core::FileStat& other);
 
 }  // namespace chainfs::fs

@@ -70,6 +70,16 @@ Result<std::unique_ptr<ChainReader>> ChainReader::FromImages(
 
 uint64_t ChainReader::Size() const { return images_.front()->Size(); }
 
+std::vector<std::string> ChainReader::OtherFiles() const {
+  std::vector<std::string> out;
+  for (const std::unique_ptr<ImageReader>& image : images_) {
+    const std::string& data_file = image->HostPath(true);  // "" without one
+    if (!data_file.empty() && data_file != image->HostPath(false)) out.push_back(data_file);
+    for (std::string& file : image->OtherFiles()) out.push_back(std::move(file));
+  }
+  return out;
+}
+
 L2CacheStats ChainReader::CacheStats() const {
   L2CacheStats sum;
   for (const auto& i : images_) {

@@ -93,6 +93,10 @@ class ChainReader : public Reader {
   // Returns the L2 cache counters summed over every element (for
   // .chainfs/stats).
   L2CacheStats CacheStats() const;
+  // Returns the files reads draw on besides the elements' own images: a
+  // qcow2's external data file, a vmdk descriptor's extent files (for the
+  // access rule, which must cover every file the bytes come from).
+  std::vector<std::string> OtherFiles() const;
 
   // Reads up to out.size() guest bytes at `offset`; returns how many were
   // read (fewer only at the end of the disk, 0 at or past it). kCorrupt for a

@@ -367,6 +367,40 @@ TEST_F(MountDataGuestTest, TheInUseNoteGoesWhenTheHolderDoes) {
   EXPECT_EQ(Chainctl({"check", P("top.qcow2")}), "");
 }
 
+// A vmdk's data comes from its extent files too: the access rule and the
+// mode bits cover them, also after root's read filled the kernel's cache,
+// and a chmod of an extent shows at the next access.
+TEST_F(MountDataGuestTest, AnExtentFileTheCallerCannotReadKeepsTheDataFromThem) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root for allow_other and setpriv";
+  std::string src = tmp_.Sub("src.raw");
+  MustRun({"truncate", "-s", "8M", src});
+  MustRun({"qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 2M", src});
+  MustRun({"qemu-img", "convert", "-O", "vmdk", "-o", "subformat=twoGbMaxExtentSparse", src,
+           P("split.vmdk")});
+  const std::string extent = P("split-s001.vmdk");
+  struct stat st;
+  ASSERT_EQ(::stat(extent.c_str(), &st), 0) << "qemu-img named the extent otherwise";
+  ASSERT_EQ(::chmod(P("split.vmdk").c_str(), 0644), 0);
+  ASSERT_EQ(::chmod(extent.c_str(), 0600), 0);
+  ASSERT_TRUE(MountPool({"-o", "allow_other"}));
+  const std::string data = M("p/split.vmdk/data");
+  ExpectSameBytes(data, src);  // root reads first, filling the kernel's cache
+  ASSERT_EQ(::stat(data.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0400u) << "the extent is its owner's only";
+  auto as_nobody = [&] {
+    return testutil::Run({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cmp",
+                          data, src});
+  };
+  testutil::RunResult r = as_nobody();
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("Permission denied"), std::string::npos) << r.err;
+  ASSERT_EQ(::chmod(extent.c_str(), 0644), 0);
+  ASSERT_EQ(::stat(data.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0444u);
+  r = as_nobody();
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+}
+
 // 64 readers over 16 volumes (4 each, every byte compared with qemu-img's
 // convert) while a data-preserving rebase rewrites another chain.
 TEST_F(MountDataGuestTest, SixtyFourConcurrentReadersWhileARebaseRuns) {
