@@ -235,7 +235,10 @@ std::shared_ptr<const ChainSnapshot> ChainCache::Resolve(
   }
   auto snap =
       std::make_shared<const ChainSnapshot>(std::move(chain), std::move(ids), std::move(checks));
-  if (on_resolved_) on_resolved_(snap->chain());
+  {
+    std::shared_lock<std::shared_mutex> hook(hook_mu_);
+    if (on_resolved_) on_resolved_(snap->chain());
+  }
   // Settles at once whether the monitor vouches for the new chain (the
   // mount lets the kernel keep what it describes when it does).
   if (monitor_.load() != nullptr && !Revalidate(*snap)) {

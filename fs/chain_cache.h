@@ -24,6 +24,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -136,9 +137,13 @@ class ChainCache {
   bool WatchesDir(const std::string& normalized_dir) const;
   // The same for the directory holding the file at `path`.
   bool WatchesDirOf(const std::string& path) const;
-  // Sets a hook called (outside locks) with every newly resolved chain, so
-  // the daemon can watch the directories of elements outside the pools.
+  // Sets (or clears, with nullptr) a hook called with every newly resolved
+  // chain, so the daemon can watch the directories of elements outside the
+  // pools. Safe while other threads resolve (the watcher clears it when it
+  // stops, while a rebase job may still resolve): a call in progress ends
+  // before this returns, and none starts after a clear.
   void set_on_resolved(std::function<void(const core::Chain&)> hook) {
+    std::unique_lock<std::shared_mutex> lock(hook_mu_);
     on_resolved_ = std::move(hook);
   }
 
@@ -158,7 +163,9 @@ class ChainCache {
   core::ImageInspector& inspector_;
   core::VolumeLocator locate_;
   size_t max_entries_;
-  std::function<void(const core::Chain&)> on_resolved_;  // set before use
+  // Held shared while the hook runs (it never takes mu_), exclusive to set it.
+  mutable std::shared_mutex hook_mu_;
+  std::function<void(const core::Chain&)> on_resolved_;  // guarded by hook_mu_
   std::atomic<const core::ChangeMonitor*> monitor_{nullptr};
 
   mutable std::mutex mu_;
