@@ -95,15 +95,15 @@ bool IsDirVolumeChain(const core::Chain& chain) {
          S_ISDIR(chain.elements[0].stat->mode);
 }
 
+// The chain's own problems as VOL/problems shows them, memoized with the
+// snapshot (the in-use lines that follow them are not).
+std::string ChainProblems(const ChainSnapshot& snap) {
+  return snap.Rendered("problems", [&] { return core::RenderProblems(snap.chain()); });
+}
+
 }  // namespace
 
-// The read bits the kernel may enforce on a file that describes the image
-// with stat `own` and draws on the first `count` elements of `chain`: with
-// no open request, the kernel serves cached content to whoever its mode
-// check lets through, so a class of users keeps its r bit only if every
-// user of that class can read every image drawn on. Whether a user belongs
-// to another image's group is not known here, so it counts only when it is
-// the same group; the bits can only narrow the image's own.
+// One more file drawn on narrows the bits by the rule below.
 uint32_t NarrowReadBits(uint32_t bits, const core::FileStat& own, const core::FileStat& s) {
   bool everyone = (s.mode & kReadBits) == kReadBits;
   if (!everyone && !(s.uid == own.uid && (s.mode & S_IRUSR))) bits &= ~uint32_t(S_IRUSR);
@@ -114,6 +114,13 @@ uint32_t NarrowReadBits(uint32_t bits, const core::FileStat& own, const core::Fi
   return bits;
 }
 
+// The read bits the kernel may enforce on a file that describes the image
+// with stat `own` and draws on the first `count` elements of `chain`: with
+// no open request, the kernel serves cached content to whoever its mode
+// check lets through, so a class of users keeps its r bit only if every
+// user of that class can read every image drawn on. Whether a user belongs
+// to another image's group is not known here, so it counts only when it is
+// the same group; the bits can only narrow the image's own.
 uint32_t SharedReadBits(const core::FileStat& own, const core::Chain& chain, size_t count) {
   uint32_t bits = own.mode & kReadBits;
   for (size_t i = 0; i < count && i < chain.elements.size(); ++i) {
@@ -392,8 +399,7 @@ Result<std::string> Tree::RenderChainFile(const NodeKey& key, const ChainSnapsho
   if (f == "problems") {
     // The chain's problems, plus a line per element a process holds for
     // writing now (QEMU's locks, which no event reports: not memoized).
-    return snap.Rendered(f, [&] { return core::RenderProblems(chain); }) +
-           core::RenderInUse(chain, core::ElementsHeldForWriting(chain));
+    return ChainProblems(snap) + core::RenderInUse(chain, core::ElementsHeldForWriting(chain));
   }
   if (f == "map" || f == "map.json") return RenderMap(key, snap);
   if (f == "volume.xml" || f == "disk.xml") {
@@ -492,8 +498,7 @@ Result<NodeAttr> Tree::GetAttr(const NodeKey& key) {
       a.watched = (*snap)->watched();
       // Longer than the memoized problems: it has in-use lines, which the
       // kernel must not keep (a lock comes and goes without an event).
-      if (key.file == "problems" &&
-          a.size != (*snap)->Rendered("problems", [&] { return core::RenderProblems(chain); }).size()) {
+      if (key.file == "problems" && a.size != ChainProblems(**snap).size()) {
         a.watched = false;
       }
       return a;

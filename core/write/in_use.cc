@@ -59,6 +59,13 @@ Result<bool> AnyLockHeld(int fd, std::initializer_list<LockRange> ranges) {
   return false;
 }
 
+// Opens `path` read-only, non-blocking, and runs `probe` on it.
+Result<bool> ProbeImage(const std::string& path, Result<bool> (*probe)(int fd)) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
+  if (fd.get() < 0) return Status::FromErrno(errno, "open " + path);
+  return probe(fd.get());
+}
+
 // QEMU's byte for BLK_PERM_WRITE (bit 1 above its permission base, 100).
 constexpr LockRange kWritePermByte{101, 1};
 
@@ -70,11 +77,7 @@ Result<bool> FdInUse(int fd) {
 
 Result<bool> FdHeldForWriting(int fd) { return AnyLockHeld(fd, {kLockRanges[0], kWritePermByte}); }
 
-Result<bool> ImageHeldForWriting(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
-  if (fd.get() < 0) return Status::FromErrno(errno, "open " + path);
-  return FdHeldForWriting(fd.get());
-}
+Result<bool> ImageHeldForWriting(const std::string& path) { return ProbeImage(path, FdHeldForWriting); }
 
 std::vector<int> ElementsHeldForWriting(const Chain& chain, size_t from) {
   std::vector<int> held;
@@ -87,11 +90,7 @@ std::vector<int> ElementsHeldForWriting(const Chain& chain, size_t from) {
   return held;
 }
 
-Result<bool> ImageInUse(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
-  if (fd.get() < 0) return Status::FromErrno(errno, "open " + path);
-  return FdInUse(fd.get());
-}
+Result<bool> ImageInUse(const std::string& path) { return ProbeImage(path, FdInUse); }
 
 Status CheckNotInUse(const std::string& path) {
   Result<bool> busy = ImageInUse(path);

@@ -99,15 +99,6 @@ double FioIops(const std::string& file, int seconds, bool direct) {
   return iops && iops->is_number() ? iops->as_double() : 0;
 }
 
-// Returns counter `name` of a chainfs mount's .chainfs/stats (0 if absent).
-uint64_t StatOf(const std::string& mount, const std::string& name) {
-  std::string text;
-  RunQuiet({"cat", mount + "/.chainfs/stats"}, &text);
-  text = "\n" + text;
-  size_t at = text.find("\n" + name + " ");
-  return at == std::string::npos ? 0 : std::strtoull(text.c_str() + at + name.size() + 2, nullptr, 10);
-}
-
 double Median(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -205,7 +196,7 @@ int Main(int argc, char** argv) {
       }
     }
     if (ok) std::printf("  every server's bytes = qemu-img convert -O raw (cmp)\n");
-    const uint64_t reads_before = ok ? StatOf(mount.path(), "fuse_read") : 0;
+    const long reads_before = ok ? ReadStats(mount.path())["fuse_read"] : 0;
     for (int round = 0; round < rounds && ok; ++round) {
       for (size_t k = 0; k < servers.size() && ok; ++k) {
         Server& s = servers[(k + size_t(round)) % servers.size()];
@@ -270,8 +261,8 @@ int Main(int argc, char** argv) {
                   servers[0].direct / servers[1].direct, servers[0].direct / servers[2].direct,
                   worst(servers[0].directs, false) / worst(servers[1].directs, true),
                   worst(servers[0].directs, false) / worst(servers[2].directs, true));
-      std::printf("  chainfs FUSE READ requests during the measurements: %llu\n",
-                  (unsigned long long)(StatOf(mount.path(), "fuse_read") - reads_before));
+      std::printf("  chainfs FUSE READ requests during the measurements: %ld\n",
+                  ReadStats(mount.path())["fuse_read"] - reads_before);
     } else {
       rc = 1;
     }

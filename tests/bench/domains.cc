@@ -140,16 +140,6 @@ std::string ReadFile(const std::string& path) {
   return s.str();
 }
 
-// The counters of MOUNT/.chainfs/stats ("name value" lines).
-std::map<std::string, long> ReadStats(const std::string& mount) {
-  std::map<std::string, long> stats;
-  std::istringstream in(ReadFile(mount + "/.chainfs/stats"));
-  std::string name;
-  long value;
-  while (in >> name >> value) stats[name] = value;
-  return stats;
-}
-
 // Returns the FUSE requests between two stats snapshots, "op=N ..." (nonzero ones), and
 // their total in `total`.
 std::string FuseDelta(const std::map<std::string, long>& before,

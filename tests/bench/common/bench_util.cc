@@ -213,6 +213,15 @@ void PrintRow(const std::string& name, double seconds, const std::string& note) 
   std::fflush(stdout);
 }
 
+std::map<std::string, long> ReadStats(const std::string& mount) {
+  std::map<std::string, long> stats;
+  std::ifstream in(mount + "/.chainfs/stats");
+  std::string name;
+  long value;
+  while (in >> name >> value) stats[name] = value;
+  return stats;
+}
+
 bool MakeRandomChain(const std::string& dir, uint64_t size, RandomChain* out) {
   const std::string base_raw = dir + "/base.raw";
   out->base = dir + "/base.qcow2";

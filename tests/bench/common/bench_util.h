@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -47,6 +48,9 @@ class Mount {
   pid_t pid_ = -1;
   bool mounted_ = false;
 };
+
+// Returns the counters of MOUNT/.chainfs/stats ("name value" lines).
+std::map<std::string, long> ReadStats(const std::string& mount);
 
 // Returns a fresh directory under `parent` (default $TMPDIR or /var/tmp).
 std::string MakeBenchDir(const std::string& prefix);
