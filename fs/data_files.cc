@@ -163,6 +163,11 @@ Result<NodeAttr> Tree::DataAttr(const NodeKey& key) {
   return a;
 }
 
+// Requests this large come from the kernel's readahead (sequential reads);
+// for them the host reads this far ahead (ChainReader::Prefetch).
+constexpr size_t kSequentialRequest = 256 << 10;
+constexpr uint64_t kPrefetchAhead = 4 << 20;
+
 Result<std::string> Tree::ReadData(const NodeKey& key, const Caller& caller, uint64_t off,
                                    size_t size) {
   CHAINFS_RETURN_IF_ERROR(Authorize(key, caller));
@@ -190,6 +195,12 @@ Result<std::string> Tree::ReadData(const NodeKey& key, const Caller& caller, uin
       off, std::span<uint8_t>(reinterpret_cast<uint8_t*>(out.data()), out.size()));
   if (!n.ok()) return n.status();
   out.resize(*n);
+  // A large request is the kernel's readahead of a sequential reader: the
+  // host starts reading what the next requests will ask for, so the disk
+  // works while this reply travels (the kernel sends one READ at a time).
+  if (size >= kSequentialRequest && off + *n < total) {
+    (*reader)->Prefetch(off + *n, kPrefetchAhead);
+  }
   return out;
 }
 

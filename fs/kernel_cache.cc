@@ -1,6 +1,9 @@
 #include "fs/kernel_cache.h"
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
+#include <cerrno>
 #include <unordered_set>
 
 #include "core/chain/backing_ref.h"
@@ -16,6 +19,10 @@ thread_local uint64_t request_ino = 0;
 
 bool Later(const struct timespec& a, const struct timespec& b) {
   return a.tv_sec != b.tv_sec ? a.tv_sec > b.tv_sec : a.tv_nsec > b.tv_nsec;
+}
+
+bool Same(const struct timespec& a, const struct timespec& b) {
+  return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
 }
 
 struct timespec PlusOneNs(struct timespec t) {
@@ -50,34 +57,84 @@ struct timespec KernelCache::NextTime(const struct timespec& after) {
   return t;
 }
 
+void KernelCache::Keep(uint64_t ino, Entry& e) {
+  if (e.kept) {
+    lru_.splice(lru_.begin(), lru_, e.lru);
+  } else {
+    lru_.push_front(ino);
+    e.lru = lru_.begin();
+    e.kept = true;
+    kept_bytes_ += e.version.bytes.size();
+  }
+  while (kept_bytes_ > budget_ && lru_.size() > 1) {
+    auto victim = versions_.find(lru_.back());
+    if (victim == versions_.end()) {  // cannot happen: kept inodes are entries
+      lru_.pop_back();
+      continue;
+    }
+    Drop(victim->second);
+  }
+}
+
+void KernelCache::Drop(Entry& e) {
+  if (!e.kept) return;
+  kept_bytes_ -= e.version.bytes.size();
+  lru_.erase(e.lru);
+  e.kept = false;
+  std::string().swap(e.version.bytes);
+}
+
 KernelCache::Version KernelCache::Update(uint64_t ino, std::string content,
                                          struct timespec natural) {
   std::lock_guard<std::mutex> lock(mu_);
+  uint64_t digest = Fnv1a(content);
   auto it = versions_.find(ino);
   if (it != versions_.end()) {
-    if (it->second.bytes == content) return it->second;
-    it->second.bytes = std::move(content);
-    it->second.mtime = NextTime(Later(natural, it->second.mtime) ? natural : it->second.mtime);
-    return it->second;
+    Entry& e = it->second;
+    bool same = e.kept ? e.version.bytes == content
+                       : e.length == content.size() && e.digest == digest;
+    if (!same) {
+      e.version.mtime = NextTime(Later(natural, e.version.mtime) ? natural : e.version.mtime);
+    }
+    if (e.kept) kept_bytes_ -= e.version.bytes.size();
+    e.version.bytes = std::move(content);
+    if (e.kept) kept_bytes_ += e.version.bytes.size();
+    e.length = e.version.bytes.size();
+    e.digest = digest;
+    Version v = e.version;
+    Keep(ino, e);
+    return v;
   }
-  Version v;
-  v.bytes = std::move(content);
-  v.mtime = natural;
-  versions_.emplace(ino, v);
+  Entry& e = versions_[ino];
+  e.version.bytes = std::move(content);
+  e.version.mtime = natural;
+  e.length = e.version.bytes.size();
+  e.digest = digest;
+  Version v = e.version;
+  Keep(ino, e);
   return v;
 }
 
 std::optional<KernelCache::Version> KernelCache::Current(uint64_t ino) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = versions_.find(ino);
-  if (it == versions_.end()) return std::nullopt;
-  return it->second;
+  if (it == versions_.end() || !it->second.kept) return std::nullopt;
+  return it->second.version;
+}
+
+size_t KernelCache::content_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return kept_bytes_;
 }
 
 void KernelCache::Forget(uint64_t ino) {
   std::shared_ptr<const std::vector<DirEntry>> listing;  // freed after unlock
   std::lock_guard<std::mutex> lock(mu_);
-  versions_.erase(ino);
+  auto v = versions_.find(ino);
+  if (v != versions_.end()) {
+    Drop(v->second);
+    versions_.erase(v);
+  }
   auto it = listings_.find(ino);
   if (it != listings_.end()) {
     listing = std::move(it->second);
@@ -104,9 +161,9 @@ std::shared_ptr<const std::vector<DirEntry>> KernelCache::Listing(uint64_t ino) 
   return it == listings_.end() ? nullptr : it->second;
 }
 
-uint64_t KernelCache::HashPath(const std::string& path) {
+uint64_t KernelCache::Fnv1a(const std::string& bytes) {
   uint64_t h = 1469598103934665603ull;  // FNV-1a
-  for (unsigned char c : path) {
+  for (unsigned char c : bytes) {
     h ^= c;
     h *= 1099511628211ull;
   }
@@ -130,7 +187,7 @@ void KernelCache::RecordChain(const std::string& volume_prefix, const void* snap
   r.snapshot = snapshot;
   r.paths.clear();
   for (const std::string& p : paths()) {
-    uint64_t h = HashPath(p);
+    uint64_t h = Fnv1a(p);
     if (std::find(r.paths.begin(), r.paths.end(), h) != r.paths.end()) continue;
     r.paths.push_back(h);
     users_[h].push_back(key);
@@ -140,7 +197,7 @@ void KernelCache::RecordChain(const std::string& volume_prefix, const void* snap
 
 std::vector<std::string> KernelCache::VolumesUsing(const std::string& normalized_path) const {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = users_.find(HashPath(normalized_path));
+  auto it = users_.find(Fnv1a(normalized_path));
   if (it == users_.end()) return {};
   std::vector<std::string> out;
   for (const std::string* key : it->second) out.push_back(*key);
@@ -154,6 +211,29 @@ size_t KernelCache::size() const {
 
 ScopedRequestInode::ScopedRequestInode(uint64_t ino) : saved_(request_ino) { request_ino = ino; }
 ScopedRequestInode::~ScopedRequestInode() { request_ino = saved_; }
+
+bool PushPages(FsState& fs, uint64_t ino, const KernelCache::Version& v,
+               std::chrono::microseconds retry_for) {
+  struct fuse_session* se = fs.session;
+  if (se == nullptr || v.bytes.empty()) return false;
+  struct fuse_bufvec buf = FUSE_BUFVEC_INIT(v.bytes.size());
+  buf.buf[0].mem = const_cast<char*>(v.bytes.data());
+  int rc = fuse_lowlevel_notify_store(se, ino, 0, &buf, FUSE_BUF_NO_SPLICE);
+  auto deadline = std::chrono::steady_clock::now() + retry_for;
+  while (rc == -ENOENT && std::chrono::steady_clock::now() < deadline) {
+    // Sleep, not yield: the looking-up thread may be waiting for this CPU.
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+    rc = fuse_lowlevel_notify_store(se, ino, 0, &buf, FUSE_BUF_NO_SPLICE);
+  }
+  if (rc != 0) return false;
+  std::optional<KernelCache::Version> now = fs.kcache.Current(ino);
+  if (!now || !Same(now->mtime, v.mtime)) {
+    // Described anew while the pages were on their way: they may be old.
+    fuse_lowlevel_notify_inval_inode(se, ino, 0, 0);
+    return false;
+  }
+  return true;
+}
 
 void InvalidateKernelImages(FsState& fs, const std::vector<std::string>& paths) {
   struct fuse_session* se = fs.session;

@@ -11,6 +11,12 @@
 //    its mtime changes whenever the content does, so the kernel (auto_inval_
 //    data) drops stale pages at the next attribute refresh; READ serves the
 //    kept bytes, which are the ones whose length the kernel holds.
+//  - A byte budget. The kept bytes of all inodes together stay under
+//    kContentBudget: past it, the least recently used content is dropped
+//    and only its length, digest and mtime stay. A READ of such an inode
+//    renders it again (Tree), and Update finds it equal by digest and keeps
+//    its mtime, so the kernel's copy stays valid; a walk over a big pool
+//    (find, ls -l -R) costs no more daemon memory than the budget.
 //  - Invalidation. Images map to the volumes whose chains run through them
 //    (RecordChain); a change of an image (inotify, or the mount's own write
 //    side) invalidates the inodes of exactly those volumes
@@ -19,8 +25,10 @@
 
 #include <time.h>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -41,14 +49,21 @@ class KernelCache {
     std::string bytes;
     struct timespec mtime {};
   };
+  // Bytes of content kept in all (VmHWM stays bounded on walks of big pools).
+  static constexpr size_t kContentBudget = size_t(8) << 20;
+
+  explicit KernelCache(size_t budget = kContentBudget) : budget_(budget) {}
 
   // Records `content` as what `ino` now holds and returns it with the mtime
   // to report: `natural` the first time; after that, the same time while the
   // content stays the same, and a new one, later than every time handed out
   // before, when it changed.
   Version Update(uint64_t ino, std::string content, struct timespec natural);
-  // Returns the content last recorded for `ino`.
+  // Returns the content last recorded for `ino`, if it is still kept (see
+  // kContentBudget; a dropped one is rendered again and given to Update).
   std::optional<Version> Current(uint64_t ino) const;
+  // Returns the bytes of content kept in all.
+  size_t content_bytes() const;
   // Drops what is kept for `ino` (the kernel forgot it).
   void Forget(uint64_t ino);
 
@@ -76,11 +91,27 @@ class KernelCache {
     const void* snapshot = nullptr;
     std::vector<uint64_t> paths;
   };
-  static uint64_t HashPath(const std::string& path);
+  static uint64_t Fnv1a(const std::string& bytes);
   struct timespec NextTime(const struct timespec& after);
+  // What is recorded of an inode's content: the bytes while they are kept
+  // (`kept`), and always their length and digest, to recognize them.
+  struct Entry {
+    Version version;
+    bool kept = false;
+    size_t length = 0;
+    uint64_t digest = 0;
+    std::list<uint64_t>::iterator lru;  // valid while kept
+  };
+  // Keeps `e`'s bytes as the most recently used, then drops the least
+  // recently used ones until the budget holds. Needs mu_.
+  void Keep(uint64_t ino, Entry& e);
+  void Drop(Entry& e);
 
+  const size_t budget_;
   mutable std::mutex mu_;
-  std::unordered_map<uint64_t, Version> versions_;                                   // guarded by mu_
+  std::unordered_map<uint64_t, Entry> versions_;                                     // guarded by mu_
+  std::list<uint64_t> lru_;  // kept inodes, most recent first; guarded by mu_
+  size_t kept_bytes_ = 0;    // guarded by mu_
   std::unordered_map<uint64_t, std::shared_ptr<const std::vector<DirEntry>>> listings_;  // guarded by mu_
   // Keys of chains_ are never moved (node-based map), so users_ points at them.
   std::unordered_map<std::string, Recorded> chains_;                                 // guarded by mu_
@@ -101,6 +132,17 @@ class ScopedRequestInode {
  private:
   uint64_t saved_;
 };
+
+// Puts `v`'s bytes into the kernel's page cache of `ino`
+// (fuse_lowlevel_notify_store), so that the read that follows a lookup or
+// an attribute refresh costs no READ request, and no attribute refresh
+// after it (a READ the daemon answers makes the kernel ask for the atime
+// again at the next stat). Called by a request handler after its reply:
+// the inode may still be on its way into the kernel, so an unknown inode is
+// tried again for up to `retry_for`. If the content changed meanwhile, the
+// pages pushed are dropped again. Returns whether the kernel took them.
+bool PushPages(FsState& fs, uint64_t ino, const KernelCache::Version& v,
+               std::chrono::microseconds retry_for);
 
 // Tells the kernel to drop its attributes and pages of every node that
 // describes one of the images at `paths` (absolute host paths): the

@@ -5,6 +5,7 @@
 #include <sys/statvfs.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 #include <memory>
@@ -183,6 +184,39 @@ void ForgetNode(FsState& fs, uint64_t ino, uint64_t n) {
   if (fs.nodes.Forget(ino, n)) fs.kcache.Forget(ino);
 }
 
+// Files whose content is pushed into the kernel's page cache after a
+// LOOKUP or GETATTR reply (PushPages): rendered text the kernel may keep
+// (a cache timeout), small enough that a page or a few hold it.
+constexpr size_t kPushLimit = 64 << 10;
+// How long a push after a lookup waits for the kernel to make the inode
+// (the looking-up thread does that once it runs again).
+constexpr std::chrono::microseconds kLookupPushWait{2000};
+
+bool Pushable(const NodeKey& key) {
+  switch (key.kind) {
+    case NodeKind::kVolumeFile:
+    case NodeKind::kElementFile:
+    case NodeKind::kDomainFile:
+    case NodeKind::kDiskFile:
+    case NodeKind::kDiskElementFile:
+      break;
+    default:
+      return false;
+  }
+  return !Tree::IsDataNode(key) && !IsPendingLinkKey(key) && !IsCreateFileKey(key);
+}
+
+// After a reply that described `ino` with `timeout` and `mtime`: pushes
+// its content, if it is still the content described.
+void PushAfterReply(FsState& fs, uint64_t ino, const NodeKey& key, double timeout,
+                    const struct timespec& mtime, std::chrono::microseconds retry_for) {
+  if (timeout <= 0 || !Pushable(key)) return;
+  std::optional<KernelCache::Version> v = fs.kcache.Current(ino);
+  if (!v || v->bytes.empty() || v->bytes.size() > kPushLimit) return;
+  if (v->mtime.tv_sec != mtime.tv_sec || v->mtime.tv_nsec != mtime.tv_nsec) return;
+  fs.CountPush(PushPages(fs, ino, *v, retry_for));
+}
+
 // Fills an entry reply for `key`, taking one kernel lookup reference.
 Result<struct fuse_entry_param> EntryFor(FsState& fs, const NodeKey& key) {
   struct fuse_entry_param e {};
@@ -241,7 +275,14 @@ void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     Result<struct fuse_entry_param> e = EntryFor(fs, *key);
     if (!e.ok()) return ReplyStatus(req, fs, Op::kLookup, path(), e.status());
     fs.gate.ClearDropped(parent, name);
-    if (fuse_reply_entry(req, &*e) != 0) ForgetNode(fs, e->ino, 1);  // interrupted
+    if (fuse_reply_entry(req, &*e) != 0) {
+      ForgetNode(fs, e->ino, 1);  // interrupted
+      return;
+    }
+    // A looked-up file is read next, as a rule (cat, grep): its pages are
+    // there before the read. The inode is being made by the looking-up
+    // thread meanwhile.
+    PushAfterReply(fs, e->ino, *key, e->attr_timeout, e->attr.st_mtim, kLookupPushWait);
   });
 }
 
@@ -267,7 +308,10 @@ void OpGetattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info*) {
     Result<NodeAttr> attr = Describe(fs, ino, *key);
     if (!attr.ok()) return ReplyStatus(req, fs, Op::kGetattr, key->Path(), attr.status());
     struct stat st = ToStat(ino, *attr);
-    fuse_reply_attr(req, &st, TimeoutFor(fs, *key, *attr));
+    double timeout = TimeoutFor(fs, *key, *attr);
+    if (fuse_reply_attr(req, &st, timeout) != 0) return;
+    // After an invalidation the kernel refreshes the attributes, then reads.
+    PushAfterReply(fs, ino, *key, timeout, st.st_mtim, std::chrono::microseconds(0));
   });
 }
 
@@ -327,6 +371,13 @@ void OpOpendir(fuse_req_t req, fuse_ino_t, struct fuse_file_info*) {
   Guarded(req, Op::kOpendir, [&](FsState&) { fuse_reply_err(req, ENOSYS); });
 }
 
+// The file type a directory entry shows (d_type).
+mode_t DirentType(const NodeKey& key) {
+  if (key.IsDir()) return S_IFDIR;
+  if (key.kind == NodeKind::kElementLink || key.kind == NodeKind::kDiskElementLink) return S_IFLNK;
+  return S_IFREG;
+}
+
 // Returns the listing a READDIR at `off` continues: a new one at offset 0,
 // else the one taken then (there are no open handles to hold it).
 Result<std::shared_ptr<const std::vector<DirEntry>>> ListingAt(FsState& fs, fuse_ino_t ino,
@@ -381,7 +432,7 @@ void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fu
         const DirEntry& e = entries[i - 2];
         name = e.name;
         st.st_ino = fs.nodes.PeekIno(e.key);
-        st.st_mode = e.key.IsDir() ? S_IFDIR : (e.key.kind == NodeKind::kElementLink ? S_IFLNK : S_IFREG);
+        st.st_mode = DirentType(e.key);
       }
       size_t need = fuse_add_direntry(req, buf.data() + used, buf.size() - used, name.c_str(), &st,
                                       off_t(i + 1));
@@ -393,9 +444,10 @@ void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fu
   });
 }
 
-// READDIRPLUS (only with a cache timeout, see OpInit): the entries come
-// with their attributes, so listing a directory spares the lookups that
-// would follow. Each entry replied counts as one lookup of its node.
+// READDIRPLUS (only with a cache timeout, see OpInit): directory entries
+// come with their attributes, so a walk down the tree spares the lookups
+// that would follow; each counts as one lookup of its node. Files come
+// without (see below).
 void OpReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                    struct fuse_file_info*) {
   Guarded(req, Op::kReaddir, [&](FsState& fs) {
@@ -418,8 +470,16 @@ void OpReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         name = i == 0 ? "." : "..";
         e.attr.st_ino = i == 0 ? ino : FUSE_ROOT_ID;
         e.attr.st_mode = S_IFDIR;
+      } else if (const DirEntry& d = entries[i - 2]; !d.key.IsDir()) {
+        // Files and links come by name and type only (node id 0: the
+        // kernel makes no inode for them, and looks them up when they are
+        // used). A walk (find, ls -R, a glob) needs no file's attributes,
+        // and each would cost a rendering of its content and a node kept
+        // for as long as the kernel holds it.
+        name = d.name.c_str();
+        e.attr.st_ino = fs.nodes.PeekIno(d.key);
+        e.attr.st_mode = DirentType(d.key);
       } else {
-        const DirEntry& d = entries[i - 2];
         Result<struct fuse_entry_param> entry = EntryFor(fs, d.key);
         if (!entry.ok()) continue;  // gone since offset 0: leave it out
         e = *entry;

@@ -55,9 +55,12 @@ std::string FsState::RenderStats() const {
   out += fmt::format("chain_cache_entries {}\n", cs.entries);
   out += fmt::format("nodes {}\n", nodes.size());
   out += fmt::format("kernel_cached_files {}\n", kcache.size());
+  out += fmt::format("kernel_cached_bytes {}\n", kcache.content_bytes());
   for (int i = 0; i < static_cast<int>(Op::kCount); ++i) {
     out += fmt::format("fuse_{} {}\n", OpName(static_cast<Op>(i)), ops_[i].load());
   }
+  out += fmt::format("pushed_files {}\n", pushed_.load());
+  out += fmt::format("push_misses {}\n", push_missed_.load());
   out += fmt::format("errors {}\n", errors_.load());
   out += fmt::format("log_events {}\n", log.total());
   return out;

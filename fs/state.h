@@ -62,6 +62,10 @@ class FsState {
 
   // Counts one call of `op`.
   void Count(Op op) { ops_[static_cast<int>(op)].fetch_add(1, std::memory_order_relaxed); }
+  // Counts one push of file pages into the kernel (PushPages): taken or not.
+  void CountPush(bool taken) {
+    (taken ? pushed_ : push_missed_).fetch_add(1, std::memory_order_relaxed);
+  }
   // Counts one failed operation.
   void CountError() { errors_.fetch_add(1, std::memory_order_relaxed); }
   // Renders .chainfs/stats: "name value\n" lines.
@@ -86,6 +90,7 @@ class FsState {
  private:
   std::atomic<uint64_t> ops_[static_cast<int>(Op::kCount)] = {};
   std::atomic<uint64_t> errors_{0};
+  std::atomic<uint64_t> pushed_{0}, push_missed_{0};
 };
 
 }  // namespace chainfs::fs

@@ -316,8 +316,18 @@ Result<std::vector<DirEntry>> Tree::List(const NodeKey& key) {
       auto v = Volume(key.pool, key.volume);
       if (!v.ok()) return v.status();
       const bool dir_volume = (*v)->IsDir();
+      // An image whose own header cannot be read has no XML (as chainctl):
+      // its volume.xml and disk.xml are not listed, so that `ls -l` and
+      // `find | xargs cat` never meet a name that fails.
+      bool has_xml = true;
+      if (!dir_volume) {
+        auto snap = VolumeChain(key.pool, key.volume);
+        has_xml = snap.ok() && !(*snap)->chain().elements.empty() &&
+                  (*snap)->chain().elements[0].meta;
+      }
       for (const std::string& name : VolumeFileNames()) {
         if (dir_volume && !DirVolumeHasFile(name)) continue;
+        if (!has_xml && (name == "volume.xml" || name == "disk.xml")) continue;
         NodeKey f{NodeKind::kVolumeFile, key.pool, key.volume};
         f.file = name;
         out.push_back({name, f});

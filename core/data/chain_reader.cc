@@ -70,6 +70,23 @@ Result<std::unique_ptr<ChainReader>> ChainReader::FromImages(
 
 uint64_t ChainReader::Size() const { return images_.front()->Size(); }
 
+void ChainReader::Prefetch(uint64_t offset, uint64_t length) const {
+  MapIterator it = MapFrom(offset, length);
+  for (;;) {
+    Result<std::optional<MapExtent>> e = it.Next();
+    if (!e.ok() || !e->has_value()) return;
+    const MapExtent& x = **e;
+    if (!x.data || x.compressed || !x.offset || x.depth < 0 || size_t(x.depth) >= images_.size()) {
+      continue;
+    }
+    const ImageReader& img = *images_[size_t(x.depth)];
+    bool in_data_file = !img.HostPath(true).empty() && img.HostPath(true) != img.HostPath(false) &&
+                        x.file == img.HostPath(true);
+    if (!in_data_file && x.file != img.HostPath(false)) continue;  // an extent file
+    img.AdviseHost(*x.offset, x.length, in_data_file);
+  }
+}
+
 std::vector<std::string> ChainReader::OtherFiles() const {
   std::vector<std::string> out;
   for (const std::unique_ptr<ImageReader>& image : images_) {

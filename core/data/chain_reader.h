@@ -116,6 +116,12 @@ class ChainReader : public Reader {
   Status ReadStream(uint64_t offset, uint64_t length, const Sink& sink,
                     size_t chunk_bytes = 1u << 20) const;
 
+  // Says that guest bytes [offset, offset + length) will be read soon: the
+  // host ranges of their uncompressed data start being read (AdviseHost),
+  // so a sequential reader's next request finds them in the page cache.
+  // Metadata comes through the L2 caches; errors are ignored (a hint).
+  void Prefetch(uint64_t offset, uint64_t length) const;
+
   // Returns an iterator over the allocation of [offset, offset + length)
   // (clamped to Size()) as `qemu-img map --output=json` lists it: per range
   // the depth that provides it, data/zero/present and the host offset,

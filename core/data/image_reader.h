@@ -67,6 +67,11 @@ class ImageReader {
   // Returns the path of the file host offsets refer to (the data file when
   // `in_data_file`).
   virtual const std::string& HostPath(bool in_data_file) const = 0;
+  // Says that host bytes [host_offset, host_offset + length) of the image
+  // (or of its data file) will be read soon (Reader::Advise). Formats whose
+  // host ranges live elsewhere (vmdk extents) ignore it.
+  virtual void AdviseHost(uint64_t /*host_offset*/, uint64_t /*length*/,
+                          bool /*in_data_file*/) const {}
   // Returns the files other than the image and its data file that reads
   // draw on (a vmdk descriptor's extent files), for access checks.
   virtual std::vector<std::string> OtherFiles() const { return {}; }

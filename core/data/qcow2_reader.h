@@ -57,6 +57,10 @@ class Qcow2Reader : public ImageReader {
   const std::string& HostPath(bool in_data_file) const override {
     return in_data_file ? data_path_ : path_;
   }
+  void AdviseHost(uint64_t host_offset, uint64_t length, bool in_data_file) const override {
+    const Reader* r = in_data_file ? data_.get() : image_.get();
+    if (r) r->Advise(host_offset, length);
+  }
 
   // Returns the parsed header.
   const Qcow2Header& header() const { return header_; }

@@ -24,6 +24,9 @@ class RawReader : public ImageReader {
   Result<BlockStatus> GetStatus(uint64_t offset, uint64_t length, bool want_zero) const override;
   Status ReadData(uint64_t offset, const BlockStatus& st, std::span<uint8_t> out) const override;
   const std::string& HostPath(bool) const override { return path_; }
+  void AdviseHost(uint64_t host_offset, uint64_t length, bool) const override {
+    file_.Advise(host_offset, length);
+  }
 
  private:
   RawReader(std::string path, File file);

@@ -5,7 +5,9 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <limits>
 
 namespace chainfs::core {
 
@@ -73,6 +75,12 @@ File& File::operator=(File&& o) noexcept {
 
 File::~File() {
   if (fd_ >= 0) ::close(fd_);
+}
+
+void File::Advise(uint64_t offset, uint64_t length) const {
+  if (fd_ < 0 || length == 0 || offset > uint64_t(std::numeric_limits<off_t>::max())) return;
+  (void)::posix_fadvise(fd_, off_t(offset), off_t(std::min<uint64_t>(length, 1ull << 40)),
+                        POSIX_FADV_WILLNEED);
 }
 
 Result<size_t> File::ReadAt(uint64_t offset, std::span<uint8_t> buf) const {

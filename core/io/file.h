@@ -56,6 +56,7 @@ class File : public Reader {
   int fd() const { return fd_; }
   Result<size_t> ReadAt(uint64_t offset, std::span<uint8_t> buf) const override;
   uint64_t Size() const override { return size_; }
+  void Advise(uint64_t offset, uint64_t length) const override;
   // Stats the open descriptor.
   Result<FileStat> Stat() const;
 

@@ -21,6 +21,10 @@ class Reader {
   virtual Result<size_t> ReadAt(uint64_t offset, std::span<uint8_t> buf) const = 0;
   // Returns the size in bytes at the time the reader was made.
   virtual uint64_t Size() const = 0;
+  // Says that [offset, offset + length) will be read soon, so the host can
+  // start reading it (posix_fadvise WILLNEED for files). A hint: no error,
+  // and no effect for readers that have nothing to start.
+  virtual void Advise(uint64_t /*offset*/, uint64_t /*length*/) const {}
 };
 
 // Reads exactly buf.size() bytes at `offset`. Checks the range against

@@ -11,7 +11,12 @@
 // current by inotify invalidation). (a0) is a mount with -o cache_timeout=0,
 // where every access is revalidated by the daemon. Run as root (for
 // drop_caches and FUSE).
-// Usage: bench_pool_scan [--chains N] [--depth D]
+// Then (d) the commands an admin types, each as a shell command in its own
+// process on a fresh mount: a glob with cat, grep -H over every problems
+// file, find -name, ls -R; the first pass after mounting and the repeat
+// pass, with the FUSE requests each made (from .chainfs/stats).
+// Usage: bench_pool_scan [--chains N] [--depth D] [--patterns-only 1]
+//                        [--pool-dir DIR (kept; made there if empty)]
 #include <dirent.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -20,6 +25,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -131,6 +137,82 @@ MountResult MeasureMount(const std::string& pool_dir, bool cold,
   return r;
 }
 
+// Sums the FUSE request counters of a stats snapshot.
+long Requests(const std::map<std::string, long>& stats) {
+  long n = 0;
+  for (const auto& [name, value] : stats) {
+    if (name.rfind("fuse_", 0) == 0) n += value;
+  }
+  return n;
+}
+
+struct PatternResult {
+  double first = 0, repeat = 0;
+  long first_requests = 0, repeat_requests = 0;
+  long peak_rss_kib = 0;
+  int exit_first = 0, exit_repeat = 0;
+};
+
+// Runs `command` (sh -c, cwd = the mount) twice on a fresh mount; counts
+// the requests each pass made, less those of reading the counters.
+PatternResult MeasurePattern(const std::string& pool_dir, const std::string& command, bool cold) {
+  PatternResult r;
+  if (cold) DropCaches();
+  Mount m({"--pool", "bench=" + pool_dir});
+  if (!m.ok()) {
+    r.exit_first = r.exit_repeat = -1;
+    return r;
+  }
+  // What one read of the counters costs, measured between two reads.
+  long s0 = Requests(ReadStats(m.path()));
+  long s1 = Requests(ReadStats(m.path()));
+  long per_read = s1 - s0;
+  std::vector<std::string> argv = {"sh", "-c", "cd '" + m.path() + "' && " + command + " >/dev/null 2>&1"};
+  long before = s1;
+  for (int pass = 0; pass < 2; ++pass) {
+    auto t0 = std::chrono::steady_clock::now();
+    int rc = RunQuiet(argv);
+    double secs = SecondsSince(t0);
+    long after = Requests(ReadStats(m.path()));
+    long made = after - before - per_read;
+    before = after;
+    if (pass == 0) {
+      r.first = secs, r.first_requests = made, r.exit_first = rc;
+    } else {
+      r.repeat = secs, r.repeat_requests = made, r.exit_repeat = rc;
+    }
+  }
+  r.peak_rss_kib = PeakRssKiB(m.pid());
+  m.Unmount();
+  return r;
+}
+
+void MeasurePatterns(const std::string& dir, bool cold) {
+  struct Pattern {
+    const char* label;
+    const char* command;
+  };
+  const Pattern patterns[] = {
+      {"cat bench/*/backing bench/*/chain/*/format", "cat bench/*/backing bench/*/chain/*/format"},
+      {"grep -H . */*/problems", "grep -H . */*/problems"},
+      {"find . -name problems -size +0", "find . -name problems -size +0"},
+      {"find . -name format", "find . -name format"},
+      {"ls -R", "ls -R"},
+  };
+  std::printf("\n(d) shell commands on a fresh mount, %s page cache (first pass, repeat):\n",
+              cold ? "cold" : "warm");
+  for (const Pattern& p : patterns) {
+    PatternResult r = MeasurePattern(dir, p.command, cold);
+    std::printf("  %-44s %8.3f s %8ld req | %7.3f s %6ld req | %5.2fx | rss %.1f MiB%s\n",
+                p.label, r.first, r.first_requests, r.repeat, r.repeat_requests,
+                r.repeat > 0 ? r.first / r.repeat : 0.0, double(r.peak_rss_kib) / 1024.0,
+                (r.exit_first != 0 && r.exit_first != 1) || r.exit_repeat != r.exit_first
+                    ? "  (exit codes differ or failed)"
+                    : "");
+    std::fflush(stdout);
+  }
+}
+
 double MeasureLoop(const std::vector<std::string>& prefix, const std::vector<std::string>& tops,
                    bool cold, long* failures) {
   if (cold) DropCaches();
@@ -145,17 +227,29 @@ double MeasureLoop(const std::vector<std::string>& prefix, const std::vector<std
 
 int Main(int argc, char** argv) {
   int chains = 2000, depth = 5;
+  bool patterns_only = false;
+  std::string given_dir;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--chains") chains = std::atoi(argv[i + 1]);
     else if (a == "--depth") depth = std::atoi(argv[i + 1]);
+    else if (a == "--patterns-only") patterns_only = std::atoi(argv[i + 1]) != 0;
+    else if (a == "--pool-dir") given_dir = argv[i + 1];
   }
-  std::string dir = MakeBenchDir("chainfs-bench-pool");
+  std::string dir = given_dir.empty() ? MakeBenchDir("chainfs-bench-pool") : given_dir;
   std::printf("bench_pool_scan: %d chains of %d qcow2 images (%d volumes) in %s\n", chains, depth,
               chains * depth, dir.c_str());
   auto t0 = std::chrono::steady_clock::now();
-  if (!MakePool(dir, chains, depth)) return 1;
-  PrintRow("pool created with chainfs's qcow2 writer", SecondsSince(t0));
+  // A given folder that holds no pool yet is made and kept.
+  bool make = given_dir.empty() || ListDir(dir).empty();
+  if (make && !MakePool(dir, chains, depth)) return 1;
+  if (make) PrintRow("pool created with chainfs's qcow2 writer", SecondsSince(t0));
+  if (patterns_only) {
+    MeasurePatterns(dir, true);
+    MeasurePatterns(dir, false);
+    if (given_dir.empty()) RemoveTree(dir);
+    return 0;
+  }
   std::vector<std::string> tops;
   for (int c = 0; c < chains; ++c) tops.push_back(dir + "/" + VolumeName(c, depth - 1));
   bool can_drop = DropCaches();
@@ -184,8 +278,9 @@ int Main(int argc, char** argv) {
                 q / m.read_seconds, q / z.warm_read_seconds, q / c);
     std::printf("  chainfs daemon peak RSS: %.1f MiB (a), %.1f MiB (a0)\n",
                 double(m.peak_rss_kib) / 1024.0, double(z.peak_rss_kib) / 1024.0);
+    MeasurePatterns(dir, cold);
   }
-  RemoveTree(dir);
+  if (given_dir.empty()) RemoveTree(dir);
   return 0;
 }
 

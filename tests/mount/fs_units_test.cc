@@ -169,6 +169,36 @@ TEST(KernelCache, VersionTimeChangesExactlyWhenTheContentDoes) {
   EXPECT_EQ(cache.size(), 0u);
 }
 
+TEST(KernelCache, KeepsContentWithinItsBudgetAndRecognizesDroppedContent) {
+  KernelCache cache(100);
+  struct timespec natural {1000, 0};
+  for (uint64_t ino = 1; ino <= 10; ++ino) {
+    cache.Update(ino, std::string(30, char('a' + ino)), natural);
+    EXPECT_LE(cache.content_bytes(), 100u) << "after inode " << ino;
+  }
+  EXPECT_EQ(cache.size(), 10u) << "every inode is still recorded";
+  EXPECT_FALSE(cache.Current(1)) << "the least recently used content was dropped";
+  ASSERT_TRUE(cache.Current(10));
+  // Rendered again with the same bytes: recognized, the kernel's copy (its
+  // mtime) stays valid, and the bytes are kept again.
+  KernelCache::Version again = cache.Update(1, std::string(30, 'b'), {2000, 0});
+  EXPECT_EQ(again.mtime.tv_sec, 1000);
+  ASSERT_TRUE(cache.Current(1));
+  EXPECT_EQ(cache.Current(1)->bytes, std::string(30, 'b'));
+  // Dropped, then rendered with other bytes of the same length: a change.
+  for (uint64_t ino = 11; ino <= 14; ++ino) cache.Update(ino, std::string(30, 'z'), natural);
+  EXPECT_FALSE(cache.Current(2));
+  KernelCache::Version changed = cache.Update(2, std::string(30, 'q'), natural);
+  EXPECT_GT(changed.mtime.tv_sec, 1000) << "a new time: the kernel's pages are stale";
+  EXPECT_LE(cache.content_bytes(), 100u);
+  // One content larger than the budget is still kept while it is the newest.
+  cache.Update(20, std::string(500, 'x'), natural);
+  ASSERT_TRUE(cache.Current(20));
+  EXPECT_EQ(cache.content_bytes(), 500u);
+  cache.Forget(20);
+  EXPECT_EQ(cache.content_bytes(), 0u);
+}
+
 TEST(KernelCache, IndexesVolumesByTheImagesOfTheirChains) {
   KernelCache cache;
   int calls = 0;

@@ -8,6 +8,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <map>
 #include <sstream>
 #include <string>
@@ -85,6 +87,81 @@ TEST_F(CacheTest, WarmReadsAreServedByTheKernelWithoutRequests) {
     // reached the daemon would add at least one request per file.
     EXPECT_LE(extra[c], 2) << c << "\n" << ReadFile(M(".chainfs/stats"));
   }
+}
+
+TEST_F(CacheTest, AGlobWithCatOnAFreshMountReadsWithoutReadRequests) {
+  // What an admin types: the shell looks every path up while it expands
+  // the glob, and the daemon pushes each looked-up file's content into the
+  // kernel's pages (PushPages), so cat's reads cost no READ. Without READs
+  // the kernel keeps the files' atime valid: the second pass asks only for
+  // the directories the first one listed (the kernel's atime rule for a
+  // writable mount, see FRESHNESS), and the third makes no request.
+  MakeChain();
+  ASSERT_TRUE(MountPool());
+  const std::string command = "cd '" + M("p") + "' && cat */backing */chain/*/format";
+  std::map<std::string, long> s0 = Stats();
+  std::map<std::string, long> s1 = Stats();  // s1 - s0: the cost of a Stats()
+  auto extra = [&](std::map<std::string, long>& from, std::map<std::string, long>& to,
+                   const std::string& c) { return (to[c] - from[c]) - (s1[c] - s0[c]); };
+  std::string first = MustRun({"sh", "-c", command}).out;
+  std::map<std::string, long> s2 = Stats();
+  // 3 backing files and 6 chain/N/format files, all non-empty but base's
+  // backing. A pass without pushes sends a READ for each.
+  EXPECT_NE(first.find("qcow2\n"), std::string::npos) << first;
+  EXPECT_LE(extra(s1, s2, "fuse_read"), 1) << ReadFile(M(".chainfs/stats"));
+  EXPECT_GE(s2["pushed_files"], 8) << ReadFile(M(".chainfs/stats"));
+  EXPECT_EQ(MustRun({"sh", "-c", command}).out, first);
+  std::map<std::string, long> s3 = Stats();
+  for (const std::string& c : kCounters) {
+    // The glob fstats the three chain/ directories it listed: one GETATTR
+    // each, once.
+    EXPECT_LE(extra(s2, s3, c), 1 + (c == "fuse_getattr" ? 3 : 0))
+        << c << " on the second pass\n" << ReadFile(M(".chainfs/stats"));
+  }
+  EXPECT_EQ(MustRun({"sh", "-c", command}).out, first);
+  std::map<std::string, long> s4 = Stats();
+  for (const std::string& c : kCounters) {
+    EXPECT_LE(extra(s3, s4, c), 1) << c << " on the third pass\n" << ReadFile(M(".chainfs/stats"));
+  }
+}
+
+TEST_F(CacheTest, PushedPagesFollowChangesMadeOutsideTheMount) {
+  MakeChain();
+  ASSERT_TRUE(MountPool());
+  EXPECT_EQ(ReadFile(M("p/top.qcow2/backing")), "mid.qcow2\n");
+  // Outside the mount: inotify reports it, the kernel's pages go, the next
+  // attribute refresh pushes the new content.
+  MustRun({"qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "raw", "-b", "base.raw",
+           P("top.qcow2")});
+  std::string now;
+  for (int i = 0; i < 100 && (now = ReadFile(M("p/top.qcow2/backing"))) != "base.raw\n"; ++i) {
+    ::usleep(20000);
+  }
+  EXPECT_EQ(now, "base.raw\n");
+  EXPECT_EQ(ReadFile(M("p/top.qcow2/chain/1/path")), P("base.raw") + "\n");
+  EXPECT_EQ(ReadFile(M("p/top.qcow2/info")), Chainctl({"info", P("top.qcow2")}));
+}
+
+TEST_F(CacheTest, AWalkMakesNoNodeForTheFilesItDoesNotStat) {
+  // READDIRPLUS hands out directories with attributes and files by name
+  // only: find renders none of the files and the daemon keeps no node for
+  // them, while ls -l still gets every size by lookup.
+  MakeChain();
+  ASSERT_TRUE(MountPool());
+  uint64_t before = Stat("nodes");
+  std::string found = MustRun({"find", M("p"), "-name", "format"}).out;
+  // top has 3 elements, mid 2, base 1: six chain/N/format files, plus the
+  // three volumes' own format files.
+  EXPECT_EQ(std::count(found.begin(), found.end(), '\n'), 9) << found;
+  uint64_t after = Stat("nodes");
+  // The walk's directories: the pool, 3 volumes, 3 chain/ and 6 chain/N.
+  EXPECT_LE(after, before + 13 + 2) << "a node for every file would be over 100";
+  std::string listing = MustRun({"ls", "-l", M("p/top.qcow2")}).out;
+  EXPECT_NE(listing.find(" backing\n"), std::string::npos) << listing;
+  struct stat st {};
+  ASSERT_EQ(::stat(M("p/top.qcow2/backing").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, off_t(std::string("mid.qcow2\n").size()));
+  EXPECT_EQ(ReadFile(M("p/top.qcow2/backing")), "mid.qcow2\n");
 }
 
 TEST_F(CacheTest, ZeroTimeoutRevalidatesEveryAccess) {
