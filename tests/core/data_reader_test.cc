@@ -68,6 +68,23 @@ class ImageBuilder {
   Result<std::unique_ptr<Qcow2Reader>> Open(Qcow2ReaderOptions o = {}) const {
     return Qcow2Reader::Open(std::make_unique<MemoryReader>(bytes_), "mem.qcow2", o);
   }
+  // Opens the image through a reader that records the host ranges it is
+  // advised to read ahead (Reader::Advise) into `advised`.
+  Result<std::unique_ptr<Qcow2Reader>> OpenRecordingAdvice(
+      std::vector<std::pair<uint64_t, uint64_t>>* advised) const {
+    class Recording : public MemoryReader {
+     public:
+      Recording(std::vector<uint8_t> b, std::vector<std::pair<uint64_t, uint64_t>>* log)
+          : MemoryReader(std::move(b)), log_(log) {}
+      void Advise(uint64_t offset, uint64_t length) const override {
+        log_->emplace_back(offset, length);
+      }
+
+     private:
+      std::vector<std::pair<uint64_t, uint64_t>>* log_;
+    };
+    return Qcow2Reader::Open(std::make_unique<Recording>(bytes_, advised), "mem.qcow2", {});
+  }
   // Opens the image as a one-element chain.
   std::unique_ptr<ChainReader> Chain() const {
     Result<std::unique_ptr<Qcow2Reader>> r = Open();
@@ -604,6 +621,44 @@ TEST(MapRender, JsonMatchesQemuImgLayout) {
             "0               0x10000         0x50000         /x\n");
   m[0].offset.reset();
   EXPECT_EQ(MapToHuman(m).status().code(), Code::kUnsupported);
+}
+
+
+TEST(ChainReaderPrefetch, AdvisesTheHostRangesOfStoredDataAtTheirOwnDepth) {
+  // base: guest clusters 0..3 stored; top: cluster 2 stored, cluster 1 a
+  // zero cluster. Prefetching the first 256 KiB advises each image of its
+  // own stored ranges only: zeros and what the top hides are not read.
+  ImageBuilder base(Small());
+  uint64_t bl2 = base.AddL2();
+  std::vector<uint64_t> host;
+  for (uint64_t i = 0; i < 4; ++i) {
+    host.push_back(base.AddCluster(uint8_t(0x10 + i)));
+    base.SetL2(bl2, i, host.back() | kCopied);
+  }
+  ImageBuilder top(Small());
+  uint64_t tl2 = top.AddL2();
+  top.SetL2(tl2, 1, 1);  // zero
+  uint64_t top2 = top.AddCluster(0x77);
+  top.SetL2(tl2, 2, top2 | kCopied);
+  std::vector<std::pair<uint64_t, uint64_t>> top_advised, base_advised;
+  std::vector<std::unique_ptr<ImageReader>> v;
+  v.push_back(top.OpenRecordingAdvice(&top_advised).value());
+  v.push_back(base.OpenRecordingAdvice(&base_advised).value());
+  auto chain = ChainReader::FromImages(std::move(v)).value();
+  const uint64_t c = base.cluster_size();
+  top_advised.clear();  // opening read the headers and tables
+  base_advised.clear();
+  chain->Prefetch(0, 4 * c);
+  EXPECT_EQ(top_advised, (std::vector<std::pair<uint64_t, uint64_t>>{{top2, c}}));
+  EXPECT_EQ(base_advised,
+            (std::vector<std::pair<uint64_t, uint64_t>>{{host[0], c}, {host[3], c}}));
+  // The bytes read afterwards are the chain's, prefetch or not.
+  std::vector<uint8_t> buf(4 * c);
+  ASSERT_EQ(chain->Read(0, buf).value(), buf.size());
+  EXPECT_EQ(buf[0], 0x10);
+  EXPECT_EQ(buf[c], 0);
+  EXPECT_EQ(buf[2 * c], 0x77);
+  EXPECT_EQ(buf[3 * c], 0x13);
 }
 
 }  // namespace
