@@ -15,7 +15,7 @@ deb=${1:?usage: check_package.sh DEB}
 step "package: $deb"
 
 step "lintian (errors fail the run; warnings are shown)"
-timeout 900 lintian --fail-on error --no-tag-display-limit "$deb"
+timeout 900 lintian --fail-on error --tag-display-limit 0 "$deb"
 
 step "dpkg -i"
 if dpkg-query -W -f='${Status}' chainfs 2>/dev/null | grep -q 'install ok installed'; then
@@ -48,9 +48,10 @@ cleanup() {
   rm -rf "$files" "$scratch"
 }
 trap cleanup EXIT
-# What the package installed (files and links, not the folders it shares),
+# What the package installed (files, not the folders it shares: with
+# /usr merged, /lib is a link to one),
 # and which of them are conffiles (kept by dpkg -r, removed by dpkg -P).
-dpkg -L chainfs | while IFS= read -r p; do [[ -d $p && ! -L $p ]] || echo "$p"; done >"$files"
+dpkg -L chainfs | while IFS= read -r p; do [[ -d $p ]] || echo "$p"; done >"$files"
 conffiles=$(dpkg-query -W -f='${Conffiles}\n' chainfs | awk 'NF {print $1}')
 step "installed $(wc -l <"$files") files; conffiles: $(echo $conffiles)"
 sed 's/^/check_package:   /' "$files" >&2
