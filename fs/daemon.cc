@@ -6,11 +6,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -28,6 +31,30 @@ namespace chainfs::fs {
 namespace {
 
 void Fail(const std::string& message) { std::fprintf(stderr, "chainfs: %s\n", message.c_str()); }
+
+// Prints libfuse's messages ("fuse: unknown option(s): ...", "fuse:
+// mountpoint is not empty") with every line starting "chainfs: ", as ours
+// do. libfuse writes some lines in several calls, so the prefix goes where
+// a line starts, not at each call. -d's request trace is printed as is.
+// Thread-safe (the loop's workers log too).
+void LogFuseMessage(enum fuse_log_level level, const char* fmt, va_list ap) {
+  if (level >= FUSE_LOG_DEBUG) {
+    std::vfprintf(stderr, fmt, ap);
+    return;
+  }
+  char buf[2048];
+  int n = std::vsnprintf(buf, sizeof(buf), fmt, ap);
+  if (n < 0) return;
+  size_t len = std::min(size_t(n), sizeof(buf) - 1);
+  static std::mutex mu;
+  static bool at_line_start = true;  // guarded by mu
+  std::lock_guard<std::mutex> lock(mu);
+  for (size_t i = 0; i < len; ++i) {
+    if (at_line_start) std::fputs("chainfs: ", stderr);
+    std::fputc(buf[i], stderr);
+    at_line_start = buf[i] == '\n';
+  }
+}
 
 // Owns a fuse_session: unmounts (if mounted) and destroys it.
 struct SessionDeleter {
@@ -122,6 +149,7 @@ void RaiseReadahead(FsState& state, const std::string& mountpoint) {
 }  // namespace
 
 int RunMount(const MountOptions& options) {
+  fuse_set_log_func(LogFuseMessage);
   MountOptions opts = options;
   std::string demo_dir;
   if (opts.demo) {

@@ -13,6 +13,9 @@ packages+=(qemu-system-common)
 # A real libvirtd and QEMU (TCG) for the domain tests, which start their own
 # daemons as plain processes (tests/util/libvirt_daemon.h).
 packages+=(libvirt-daemon-system libvirt-clients qemu-system-x86)
+# Packaging (tools/package.sh, tests/packaging, .ci/run): the Debian build
+# tools and lintian, systemd-analyze for the unit, bash-completion's loader.
+packages+=(dpkg-dev debhelper lintian systemd bash-completion git)
 
 missing=()
 for p in "${packages[@]}"; do
