@@ -316,18 +316,8 @@ Result<std::vector<DirEntry>> Tree::List(const NodeKey& key) {
       auto v = Volume(key.pool, key.volume);
       if (!v.ok()) return v.status();
       const bool dir_volume = (*v)->IsDir();
-      // An image whose own header cannot be read has no XML (as chainctl):
-      // its volume.xml and disk.xml are not listed, so that `ls -l` and
-      // `find | xargs cat` never meet a name that fails.
-      bool has_xml = true;
-      if (!dir_volume) {
-        auto snap = VolumeChain(key.pool, key.volume);
-        has_xml = snap.ok() && !(*snap)->chain().elements.empty() &&
-                  (*snap)->chain().elements[0].meta;
-      }
       for (const std::string& name : VolumeFileNames()) {
         if (dir_volume && !DirVolumeHasFile(name)) continue;
-        if (!has_xml && (name == "volume.xml" || name == "disk.xml")) continue;
         NodeKey f{NodeKind::kVolumeFile, key.pool, key.volume};
         f.file = name;
         out.push_back({name, f});
@@ -412,12 +402,14 @@ Result<std::string> Tree::RenderChainFile(const NodeKey& key, const ChainSnapsho
     return ChainProblems(snap) + core::RenderInUse(chain, core::ElementsHeldForWriting(chain));
   }
   if (f == "map" || f == "map.json") return RenderMap(key, snap);
-  if (f == "volume.xml" || f == "disk.xml") {
-    // As chainctl: an image whose own header cannot be read has no XML.
-    if (!chain.elements[0].meta) {
-      return Error(Code::kCorrupt, "{}: {}", key.Path(),
-                   chain.problems.empty() ? "cannot read image" : chain.problems[0].message);
-    }
+  if ((f == "volume.xml" || f == "disk.xml") && !chain.elements[0].meta) {
+    // An image whose own header cannot be read has no XML (chainctl says
+    // so and fails). Here the file is empty, as a map that cannot be made:
+    // `ls -lR` and `find | xargs cat` must never fail; the log says why,
+    // and `problems` says what is wrong with the image.
+    std::string why = chain.problems.empty() ? "cannot read image" : chain.problems[0].message;
+    log_.AddOnce("xml:" + key.Path() + ":" + why, "read", key.Path(), "empty", why);
+    return std::string();
   }
   return snap.Rendered(f, [&]() -> std::string {
     if (f == "info") return core::RenderInfoText(chain);
