@@ -1,9 +1,9 @@
 #include "fs/kernel_cache.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <thread>
-#include <cerrno>
 #include <unordered_set>
 
 #include "core/chain/backing_ref.h"
@@ -88,26 +88,21 @@ KernelCache::Version KernelCache::Update(uint64_t ino, std::string content,
                                          struct timespec natural) {
   std::lock_guard<std::mutex> lock(mu_);
   uint64_t digest = Fnv1a(content);
-  auto it = versions_.find(ino);
-  if (it != versions_.end()) {
-    Entry& e = it->second;
+  auto [it, added] = versions_.try_emplace(ino);
+  Entry& e = it->second;
+  if (added) {
+    e.version.mtime = natural;
+  } else {
+    // Dropped bytes (see kContentBudget) are recognized by length and digest.
     bool same = e.kept ? e.version.bytes == content
                        : e.length == content.size() && e.digest == digest;
     if (!same) {
       e.version.mtime = NextTime(Later(natural, e.version.mtime) ? natural : e.version.mtime);
     }
-    if (e.kept) kept_bytes_ -= e.version.bytes.size();
-    e.version.bytes = std::move(content);
-    if (e.kept) kept_bytes_ += e.version.bytes.size();
-    e.length = e.version.bytes.size();
-    e.digest = digest;
-    Version v = e.version;
-    Keep(ino, e);
-    return v;
   }
-  Entry& e = versions_[ino];
+  if (e.kept) kept_bytes_ -= e.version.bytes.size();
   e.version.bytes = std::move(content);
-  e.version.mtime = natural;
+  if (e.kept) kept_bytes_ += e.version.bytes.size();
   e.length = e.version.bytes.size();
   e.digest = digest;
   Version v = e.version;
