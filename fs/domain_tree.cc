@@ -253,6 +253,7 @@ Result<std::string> Tree::RenderDomainNode(const NodeKey& key) {
         if (f == "info") return core::RenderInfoText(chain);
         if (f == "info.json") return core::RenderInfoJson(chain);
         if (f == "problems") return core::RenderProblems(chain);
+        if (f == "problems.json") return core::RenderProblemsJson(chain, {});
         if (f == "disk.xml") return core::RenderDomainDiskXml(disk, chain);
         return core::RenderDiskField(disk, chain, f);
       });

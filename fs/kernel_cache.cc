@@ -284,7 +284,8 @@ void InvalidateKernelDomains(FsState& fs) {
     // of its images, which no inotify event reports: the nodes that show
     // whether an image is held for writing go too (VOL/problems, data).
     if (key.IsDomainNode() || Tree::IsDataNode(key) ||
-        (key.kind == NodeKind::kVolumeFile && key.file == "problems")) {
+        (key.kind == NodeKind::kVolumeFile &&
+         (key.file == "problems" || key.file == "problems.json"))) {
       inodes.push_back(ino);
     }
   }

@@ -76,15 +76,15 @@ std::string NodeKey::Path() const {
 }
 
 const std::vector<std::string>& ControlFileNames() {
-  static const std::vector<std::string> names = {"log", "stats", "version"};
+  static const std::vector<std::string> names = {"log", "metrics", "stats", "version"};
   return names;
 }
 
 const std::vector<std::string>& VolumeFileNames() {
   static const std::vector<std::string> names = {
       "allocation", "backing", "backing_format", "capacity", "data",   "disk.xml", "format",
-      "info",       "info.json", "map",           "map.json", "problems", "rebase", "users",
-      "volume.xml"};
+      "info",       "info.json", "map",           "map.json", "problems", "problems.json",
+      "rebase",     "users",     "volume.xml"};
   return names;
 }
 
@@ -94,8 +94,9 @@ const std::vector<std::string>& DomainFileNames() {
 }
 
 const std::vector<std::string>& DiskFileNames() {
-  static const std::vector<std::string> names = {"data",     "disk.xml", "format", "info",
-                                                 "info.json", "problems", "source", "type"};
+  static const std::vector<std::string> names = {
+      "data", "disk.xml", "format", "info", "info.json", "problems", "problems.json", "source",
+      "type"};
   return names;
 }
 

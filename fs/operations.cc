@@ -203,7 +203,10 @@ bool Pushable(const NodeKey& key) {
     default:
       return false;
   }
-  return !Tree::IsDataNode(key) && !IsPendingLinkKey(key) && !IsCreateFileKey(key);
+  // Never a file users write (backing, backing_format, rebase, .create):
+  // pages stored while a write is under way would overwrite the user's
+  // bytes in the page cache, and the WRITE would carry the old content.
+  return !Tree::IsDataNode(key) && !IsPendingLinkKey(key) && !IsWritableFile(key);
 }
 
 // After a reply that described `ino` with `timeout` and `mtime`: pushes

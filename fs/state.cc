@@ -39,30 +39,40 @@ FsState::FsState(MountConfig cfg, bool echo_log)
       chains(inspector, catalog.MakeLocator()),
       tree(catalog, chains, log) {
   tree.set_stats_renderer([this] { return RenderStats(); });
+  tree.set_metrics_renderer([this] {
+    return core::RenderMetrics(tree.PoolMetrics(), tree.DomainMetrics(), StatFigures());
+  });
   tree.set_domains(&domains, &inspector);
   tree.set_rebase_renderer([this](const std::string& image) { return rebases.Render(image); });
 }
 
-std::string FsState::RenderStats() const {
+std::vector<core::StatFigure> FsState::StatFigures() const {
   core::InspectorStats is = inspector.stats();
   ChainCacheStats cs = chains.stats();
-  std::string out;
-  out += fmt::format("inspector_cache_hits {}\n", is.hits);
-  out += fmt::format("inspector_cache_misses {}\n", is.misses);
-  out += fmt::format("probes {}\n", is.probes);
-  out += fmt::format("chain_cache_hits {}\n", cs.hits);
-  out += fmt::format("chain_cache_misses {}\n", cs.misses);
-  out += fmt::format("chain_cache_entries {}\n", cs.entries);
-  out += fmt::format("nodes {}\n", nodes.size());
-  out += fmt::format("kernel_cached_files {}\n", kcache.size());
-  out += fmt::format("kernel_cached_bytes {}\n", kcache.content_bytes());
+  std::vector<core::StatFigure> out = {
+      {"inspector_cache_hits", is.hits, true},
+      {"inspector_cache_misses", is.misses, true},
+      {"probes", is.probes, true},
+      {"chain_cache_hits", cs.hits, true},
+      {"chain_cache_misses", cs.misses, true},
+      {"chain_cache_entries", cs.entries, false},
+      {"nodes", nodes.size(), false},
+      {"kernel_cached_files", kcache.size(), false},
+      {"kernel_cached_bytes", kcache.content_bytes(), false},
+  };
   for (int i = 0; i < static_cast<int>(Op::kCount); ++i) {
-    out += fmt::format("fuse_{} {}\n", OpName(static_cast<Op>(i)), ops_[i].load());
+    out.push_back({fmt::format("fuse_{}", OpName(static_cast<Op>(i))), ops_[i].load(), true});
   }
-  out += fmt::format("pushed_files {}\n", pushed_.load());
-  out += fmt::format("push_misses {}\n", push_missed_.load());
-  out += fmt::format("errors {}\n", errors_.load());
-  out += fmt::format("log_events {}\n", log.total());
+  out.push_back({"pushed_files", pushed_.load(), true});
+  out.push_back({"push_misses", push_missed_.load(), true});
+  out.push_back({"errors", errors_.load(), true});
+  out.push_back({"log_events", log.total(), true});
+  return out;
+}
+
+std::string FsState::RenderStats() const {
+  std::string out;
+  for (const core::StatFigure& f : StatFigures()) out += fmt::format("{} {}\n", f.name, f.value);
   return out;
 }
 

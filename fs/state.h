@@ -9,6 +9,7 @@
 #include "core/chain/inspector.h"
 #include "core/domain/domain_catalog.h"
 #include "core/pool/catalog.h"
+#include "core/render/metrics.h"
 #include "fs/chain_cache.h"
 #include "fs/dir_gate.h"
 #include "fs/event_log.h"
@@ -70,6 +71,8 @@ class FsState {
   void CountError() { errors_.fetch_add(1, std::memory_order_relaxed); }
   // Renders .chainfs/stats: "name value\n" lines.
   std::string RenderStats() const;
+  // The same figures, for .chainfs/metrics.
+  std::vector<core::StatFigure> StatFigures() const;
 
   const MountConfig config;
   core::ImageInspector inspector;

@@ -61,7 +61,7 @@ const core::FileStat* OwnerStat(const core::Chain& chain, int index) {
 size_t ElementsDrawnOn(const std::string& file, size_t chain_size) {
   if (file == "volume.xml") return std::min<size_t>(2, chain_size);
   if (file == "info" || file == "info.json" || file == "disk.xml" || file == "problems" ||
-      file == "data" || file == "map" || file == "map.json") {
+      file == "problems.json" || file == "data" || file == "map" || file == "map.json") {
     return chain_size;
   }
   return std::min<size_t>(1, chain_size);
@@ -85,7 +85,7 @@ size_t ElementFileDrawsOn(const std::string& file, int index, size_t chain_size)
 bool DirVolumeHasFile(const std::string& name) {
   static const std::vector<std::string> names = {
       "allocation", "backing",  "backing_format", "capacity",  "format",
-      "info",       "info.json", "problems",      "volume.xml"};
+      "info",       "info.json", "problems",      "problems.json", "volume.xml"};
   return Contains(names, name);
 }
 
@@ -99,6 +99,10 @@ bool IsDirVolumeChain(const core::Chain& chain) {
 // snapshot (the in-use lines that follow them are not).
 std::string ChainProblems(const ChainSnapshot& snap) {
   return snap.Rendered("problems", [&] { return core::RenderProblems(snap.chain()); });
+}
+// The same for problems.json: the chain's problems without in-use notes.
+std::string ChainProblemsJson(const ChainSnapshot& snap) {
+  return snap.Rendered("problems.json", [&] { return core::RenderProblemsJson(snap.chain(), {}); });
 }
 
 }  // namespace
@@ -220,6 +224,53 @@ std::vector<DirEntry> Tree::PoolEntries(const std::string& pool) {
       continue;
     }
     out.push_back({v.name, NodeKey{NodeKind::kVolumeDir, pool, v.name}});
+  }
+  return out;
+}
+
+std::vector<core::PoolFigures> Tree::PoolMetrics() {
+  std::vector<core::PoolFigures> out;
+  for (const core::PoolDef& pool : catalog_.Pools()) {
+    if (!pool.Browsable()) continue;
+    core::PoolFigures f;
+    f.pool = pool.name;
+    for (const DirEntry& entry : PoolEntries(pool.name)) {
+      if (entry.key.kind != NodeKind::kVolumeDir) continue;
+      Result<std::shared_ptr<const ChainSnapshot>> snap = VolumeChain(pool.name, entry.name);
+      if (!snap.ok()) continue;  // gone since the scan
+      const core::Chain& chain = (*snap)->chain();
+      ++f.volumes;
+      ++(chain.complete ? f.complete : f.broken);
+      // As VOL/problems counts them: the chain's problems, then in-use notes.
+      for (const core::Problem& p : chain.problems) ++f.problems[std::string(core::ProblemCode(p.kind))];
+      if (size_t held = core::ElementsHeldForWriting(chain).size()) f.problems["in-use"] += held;
+    }
+    out.push_back(std::move(f));
+  }
+  return out;
+}
+
+std::vector<core::DomainFigures> Tree::DomainMetrics() {
+  std::vector<core::DomainFigures> out;
+  if (!DomainsEnabled()) return out;
+  Result<std::vector<DirEntry>> domains = List(NodeKey{NodeKind::kDomainsDir});
+  if (!domains.ok()) return out;
+  for (const DirEntry& d : *domains) {
+    if (d.key.kind != NodeKind::kDomainDir) continue;
+    core::DomainFigures f;
+    f.domain = d.name;
+    Result<std::vector<DirEntry>> disks = List(d.key);
+    if (!disks.ok()) continue;
+    for (const DirEntry& disk : *disks) {
+      if (disk.key.kind != NodeKind::kDiskDir) continue;
+      Result<DiskState> state = Disk(d.name, disk.name);
+      if (!state.ok()) continue;
+      ++f.disks;
+      for (const core::Problem& p : state->snap->chain().problems) {
+        ++f.problems[std::string(core::ProblemCode(p.kind))];
+      }
+    }
+    out.push_back(std::move(f));
   }
   return out;
 }
@@ -363,6 +414,7 @@ Result<std::string> Tree::Render(const NodeKey& key) {
       if (key.file == "version") return fmt::format("chainfs {}\n", CHAINFS_VERSION);
       if (key.file == "log") return log_.Render();
       if (key.file == "stats") return stats_renderer_ ? stats_renderer_() : std::string();
+      if (key.file == "metrics") return metrics_renderer_ ? metrics_renderer_() : std::string();
       return NotFound(key);
     case NodeKind::kPoolFile: {
       Result<core::PoolDef> pool = Pool(key.pool);
@@ -400,6 +452,10 @@ Result<std::string> Tree::RenderChainFile(const NodeKey& key, const ChainSnapsho
     // The chain's problems, plus a line per element a process holds for
     // writing now (QEMU's locks, which no event reports: not memoized).
     return ChainProblems(snap) + core::RenderInUse(chain, core::ElementsHeldForWriting(chain));
+  }
+  if (f == "problems.json") {
+    std::vector<int> held = core::ElementsHeldForWriting(chain);
+    return held.empty() ? ChainProblemsJson(snap) : core::RenderProblemsJson(chain, held);
   }
   if (f == "map" || f == "map.json") return RenderMap(key, snap);
   if ((f == "volume.xml" || f == "disk.xml") && !chain.elements[0].meta) {
@@ -500,7 +556,8 @@ Result<NodeAttr> Tree::GetAttr(const NodeKey& key) {
       a.watched = (*snap)->watched();
       // Longer than the memoized problems: it has in-use lines, which the
       // kernel must not keep (a lock comes and goes without an event).
-      if (key.file == "problems" && a.size != ChainProblems(**snap).size()) {
+      if ((key.file == "problems" && a.size != ChainProblems(**snap).size()) ||
+          (key.file == "problems.json" && a.size != ChainProblemsJson(**snap).size())) {
         a.watched = false;
       }
       return a;

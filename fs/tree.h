@@ -21,6 +21,7 @@
 #include "core/domain/domain_catalog.h"
 #include "core/domain/domain_view.h"
 #include "core/pool/catalog.h"
+#include "core/render/metrics.h"
 #include "core/status.h"
 #include "fs/chain_cache.h"
 #include "fs/event_log.h"
@@ -103,6 +104,15 @@ class Tree {
 
   // Sets the renderer of .chainfs/stats (the daemon owns the counters).
   void set_stats_renderer(std::function<std::string()> render) { stats_renderer_ = std::move(render); }
+  // Sets the renderer of .chainfs/metrics.
+  void set_metrics_renderer(std::function<std::string()> render) {
+    metrics_renderer_ = std::move(render);
+  }
+  // The figures of .chainfs/metrics: per pool, its volumes, their chains'
+  // states and the lines of their `problems` files by code; per domain,
+  // its disks and theirs.
+  std::vector<core::PoolFigures> PoolMetrics();
+  std::vector<core::DomainFigures> DomainMetrics();
   // Sets the renderer of VOL/rebase, called with the volume's absolute path
   // (the write side owns the rebase jobs); without one the file is empty.
   void set_rebase_renderer(std::function<std::string(const std::string& image)> render) {
@@ -203,6 +213,7 @@ class Tree {
   ChainCache& chains_;
   EventLog& log_;
   std::function<std::string()> stats_renderer_;
+  std::function<std::string()> metrics_renderer_;
   std::function<std::string(const std::string&)> rebase_renderer_;
   uint32_t owner_uid_ = 0;
   uint32_t owner_gid_ = 0;

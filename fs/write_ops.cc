@@ -305,7 +305,8 @@ core::TrustContext MountTrust(FsState& fs) {
 Result<std::string> OneLine(std::string_view value, const char* what) {
   if (!value.empty() && value.back() == '\n') value.remove_suffix(1);
   if (value.find('\n') != std::string_view::npos) {
-    return Error(Code::kInvalidArgument, "{} takes one line", what);
+    return Error(Code::kInvalidArgument, "{} takes one line, not '{}'", what,
+                 core::ShortToken(value, 120));
   }
   return std::string(value);
 }

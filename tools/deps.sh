@@ -16,6 +16,9 @@ packages+=(libvirt-daemon-system libvirt-clients qemu-system-x86)
 # Packaging (tools/package.sh, tests/packaging, .ci/run): the Debian build
 # tools and lintian, systemd-analyze for the unit, bash-completion's loader.
 packages+=(dpkg-dev debhelper lintian systemd bash-completion git)
+# Scripting and pictures (issue 15): Prometheus' own text-format parser for
+# .chainfs/metrics, Graphviz's dot for `chainctl tree --dot`.
+packages+=(python3-prometheus-client graphviz)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -5,6 +5,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/chain/backing_ref.h"
@@ -45,7 +46,8 @@ struct ChainElement {
   std::optional<int> xml_index;    // the index attribute a live XML gave the element
 };
 
-// Classifies a problem, so that callers can test for kinds without parsing text.
+// Classifies a problem, so that callers can test for kinds without parsing
+// text. Each kind has a stable code name for scripts (ProblemCode).
 enum class ProblemKind {
   kMissingBackingFormat,  // libvirt's "format of backing image ... was not specified"
   kMissingBackingFile,    // "Cannot access backing file ..."
@@ -54,17 +56,42 @@ enum class ProblemKind {
   kTooDeep,               // more than kMaxChainDepth elements
   kCorruptHeader,         // the format driver could not parse the header
   kHeader,                // a fact that does not stop the walk nor the data: the header
-                          // carries a problem (ImageMeta::problems), or the recorded
-                          // backing format disagrees with the probed one
-                          // ("format-mismatch: ..."; the recorded format stays in use)
+                          // carries a problem (ImageMeta::problems)
+  kFormatMismatch,        // also a warning: the recorded (or given) format disagrees with
+                          // the probed one ("format-mismatch: ..."; the recorded one stays)
   kBadBackingString,      // a backing string that cannot be classified
   kUnknownFormat,         // a recorded backing format that is not a known format
-  kUnsupported,           // e.g. a block device or other non-regular file
-  kDomain,                // a domain disk's definition stops or changes the chain (a volume
-                          // not found, a network protocol not followed, a definition error)
+  kUnsupported,           // e.g. a storage type chainfs does not resolve
+  kUnsupportedProtocol,   // a network element whose chain is not followed
+  kMissingVolume,         // a domain disk names a pool or volume that is not defined
+  kDomainDefinition,      // a domain disk's definition is refused (libvirt's errors)
   kDrift,                 // a running domain's live chain differs from what its images
                           // record now
+  kInUse,                 // a note, never in Chain::problems: a process holds an element
+                          // open for writing (RenderInUse)
 };
+
+// The stable name of a problem kind ("missing-backing-format", ...), as
+// problems.json and `chainctl check --json` give it (listed in chainctl(1)).
+std::string_view ProblemCode(ProblemKind kind);
+// True for the kinds that do not stop the chain nor its data (kHeader,
+// kFormatMismatch, kDrift, kInUse): the domain starts, though maybe not as
+// meant.
+bool IsWarning(ProblemKind kind);
+
+// What a fix is made of, for scripts: a command for a shell, a file
+// operation in the mount (paths relative to the mount's root), or the XML
+// to add to a domain's <disk>, after its <source>.
+enum class FixKind { kFileOp, kCommand, kDomainXml };
+// "file-op", "command", "domain-xml".
+std::string_view FixKindName(FixKind kind);
+struct Fix {
+  FixKind kind = FixKind::kCommand;
+  std::string text;  // one line; may hold upper-case placeholders (NEW-BACKING, FMT)
+};
+
+// The fixes as one line for people: "A, or B".
+std::string JoinFixes(const std::vector<Fix>& fixes);
 
 // One problem found while resolving: at chain index `index`.
 struct Problem {
@@ -74,9 +101,12 @@ struct Problem {
   // file appear only as escaped tokens (ShortToken): no control character,
   // at most a few hundred bytes of any one name.
   std::string message;
-  // One line: a file operation and/or command; may be empty. Names with
-  // control characters are quoted as bash $'...' words.
+  // One line for people: the fixes below, with the conditions that choose
+  // between them, or advice where no command does it; may be empty. Names
+  // with control characters are quoted as bash $'...' words.
   std::string fix;
+  // The fixes a script can apply as written (after filling placeholders).
+  std::vector<Fix> fixes = {};
 };
 
 // QEMU's and libvirt's limit on chain length.

@@ -43,17 +43,21 @@ std::string ShellWord(std::string_view s, std::string_view placeholder) {
 }
 
 
-// Builds the fix for a backing reference recorded by `recorder`: the file
+// Builds the fixes for a backing reference recorded by `recorder`: the file
 // operation in the mount (when the recorder is a pool volume) and the
 // equivalent qemu-img command.
-std::string RetargetFix(const ResolveOptions& opts, const ChainElement& recorder,
-                        std::string_view mount_file, std::string_view value,
-                        const std::string& qemu_img) {
+std::vector<Fix> RetargetFix(const ResolveOptions& opts, const ChainElement& recorder,
+                             std::string_view mount_file, std::string_view value,
+                             const std::string& qemu_img) {
+  std::vector<Fix> fixes;
   std::optional<std::string> vol;
   if (opts.locate) vol = opts.locate(recorder.path);
-  if (!vol) return qemu_img;
-  return fmt::format("echo {} > {}/{}, or {}", ShellWord(value, "VALUE"),
-                     ShellWord(*vol, "POOL/VOLUME"), mount_file, qemu_img);
+  if (vol) {
+    fixes.push_back({FixKind::kFileOp, fmt::format("echo {} > {}/{}", ShellWord(value, "VALUE"),
+                                                   ShellWord(*vol, "POOL/VOLUME"), mount_file)});
+  }
+  fixes.push_back({FixKind::kCommand, qemu_img});
+  return fixes;
 }
 
 std::string RebaseCommand(const ChainElement& recorder, std::string_view backing_format,
@@ -111,8 +115,13 @@ class Walker {
     }
   }
 
-  void AddProblem(int index, ProblemKind kind, std::string message, std::string fix = {}) {
-    chain_.problems.push_back(Problem{index, kind, std::move(message), std::move(fix)});
+  void AddProblem(int index, ProblemKind kind, std::string message, std::string advice = {}) {
+    chain_.problems.push_back(Problem{index, kind, std::move(message), std::move(advice)});
+  }
+  void AddProblem(int index, ProblemKind kind, std::string message, std::vector<Fix> fixes) {
+    std::string line = JoinFixes(fixes);
+    chain_.problems.push_back(
+        Problem{index, kind, std::move(message), std::move(line), std::move(fixes)});
   }
 
   // Adds element `e`, opened as `in`, then follows its backing reference.
@@ -127,7 +136,7 @@ class Walker {
       if (auto seen = seen_.find(key); seen != seen_.end()) {
         const ChainElement& parent = chain_.elements.back();
         const ChainElement& earlier = chain_.elements[size_t(seen->second)];
-        std::string fix = RetargetFix(opts_, parent, "backing", "NEW-BACKING",
+        std::vector<Fix> fix = RetargetFix(opts_, parent, "backing", "NEW-BACKING",
                                       RebaseCommand(parent, "FMT", "NEW-BACKING"));
         AddProblem(index, ProblemKind::kLoop,
                    fmt::format("backing chain loop: backing file '{}' of image '{}' is image '{}' "
@@ -276,17 +285,16 @@ class Walker {
             ? fmt::format("if it is a raw guest disk that happens to hold a {} header, keep raw",
                           probed)
             : fmt::format("if it really is {}, keep it", recorded);
-    std::string fix = fmt::format(
-        "if it is a {} image: {}; {}", probed,
-        RetargetFix(opts_, recorder, "backing_format", probed,
-                    RebaseCommand(recorder, probed, next.backing_string)),
-        keep);
-    AddProblem(next.index, ProblemKind::kHeader,
+    std::vector<Fix> fixes = RetargetFix(opts_, recorder, "backing_format", probed,
+                                         RebaseCommand(recorder, probed, next.backing_string));
+    std::string line = fmt::format("if it is a {} image: {}; {}", probed, JoinFixes(fixes), keep);
+    chain_.problems.push_back(Problem{
+        next.index, ProblemKind::kFormatMismatch,
                fmt::format("format-mismatch: image '{}' records backing format {} for '{}', but "
                            "the backing file's header is {}: it is used as {}, as recorded; {}",
                            Name(recorder.path), Token(recorded), Name(next.path), probed,
                            Token(recorded), meaning),
-               std::move(fix));
+               std::move(line), std::move(fixes)});
   }
 
   ImageInspector& insp_;

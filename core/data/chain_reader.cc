@@ -43,7 +43,10 @@ Result<std::unique_ptr<ChainReader>> ChainReader::Open(const Chain& chain,
   for (const Problem& p : chain.problems) {
     // Problems that stopped the walk make the content unknowable; others
     // (e.g. a dirty flag) do not matter to reading.
-    if (p.kind == ProblemKind::kHeader && chain.complete) continue;
+    if ((p.kind == ProblemKind::kHeader || p.kind == ProblemKind::kFormatMismatch) &&
+        chain.complete) {
+      continue;
+    }
     return Error(CodeForProblem(p.kind), "chain element {}: {}", p.index, p.message);
   }
   if (!chain.complete) {

@@ -48,22 +48,22 @@ std::string BackingElementXml(const ChainElement& e, std::string_view format,
 // libvirt cannot detect on its own: the explicit <backingStore> elements
 // 1..upto, to put in the <disk> with virsh edit. `formats[i]` is the format
 // to declare for element i.
-std::string DomainFix(const DiskContext& ctx, const Chain& chain, size_t upto,
-                      const std::vector<std::string>& formats) {
+std::string DomainFixXml(const Chain& chain, size_t upto, const std::vector<std::string>& formats) {
   std::string inner;
   for (size_t i = upto; i >= 1; --i) {
     inner = BackingElementXml(chain.elements[i], formats[i], inner);
   }
-  return fmt::format("or virsh edit {} and give the chain in its <disk>, after <source>: {}",
-                     ctx.domain.empty() ? "DOMAIN" : ctx.domain, inner);
+  return inner;
 }
 
-// Appends `more` to a problem's fix, "; "-separated.
-void AddFix(Problem& p, const std::string& more) {
-  if (more.empty()) return;
+// Adds the domain fix `xml` for domain `domain` to a problem's fixes and
+// its line ("; or virsh edit ...").
+void AddDomainFix(Problem& p, const std::string& domain, std::string xml) {
+  std::string more = fmt::format(
+      "or virsh edit {} and give the chain in its <disk>, after <source>: {}", domain, xml);
   p.fix = p.fix.empty() ? more : p.fix + "; " + more;
+  p.fixes.push_back({FixKind::kDomainXml, std::move(xml)});
 }
-
 
 // Why libvirt does not follow the chain past a network element of
 // `protocol` (DESIGN section 10).
@@ -85,7 +85,7 @@ class DiskWalker {
 
   Chain Walk() {
     for (const std::string& error : disk_.errors) {
-      Add(0, ProblemKind::kDomain,
+      Add(0, ProblemKind::kDomainDefinition,
           fmt::format("disk '{}' cannot be defined: {}", Name(disk_.target), error),
           "give every <backingStore> element its <format type=...>");
     }
@@ -120,7 +120,7 @@ class DiskWalker {
       // libvirt cannot read it: the chain below is QEMU's business.
       if (FormatCanHaveBacking(last.format)) {
         const std::string protocol = last.ref && last.ref->network ? last.ref->network->protocol : "";
-        Add(last.index, ProblemKind::kDomain,
+        Add(last.index, ProblemKind::kUnsupportedProtocol,
             fmt::format("backing chain of '{}' is not followed: {}, so QEMU opens whatever "
                         "backing the {} image records, unchecked",
                         Name(last.path), NetworkReason(protocol), Token(last.format)),
@@ -154,7 +154,7 @@ class DiskWalker {
  private:
   bool Healthy() const {
     for (const Problem& p : chain_.problems) {
-      if (p.kind != ProblemKind::kHeader) return false;
+      if (!IsWarning(p.kind)) return false;
     }
     return true;
   }
@@ -211,7 +211,7 @@ class DiskWalker {
                                                                  src.pool));
       if (!path.ok()) {
         e.path = e.volume_ref;
-        Add(index, ProblemKind::kDomain, OneLine(path.status().message()),
+        Add(index, ProblemKind::kMissingVolume, OneLine(path.status().message()),
             "define the pool and volume, or point the disk at a file");
         chain_.elements.push_back(std::move(e));
         return false;
@@ -289,7 +289,7 @@ class DiskWalker {
                           "the disk it holds, and its backing chain is not used",
                           probed)
             : fmt::format("QEMU reads the file with the {} driver", Token(e.format));
-    Add(e.index, ProblemKind::kHeader,
+    Add(e.index, ProblemKind::kFormatMismatch,
         fmt::format("format-mismatch: disk '{}' gives {} for '{}', whose header is {}: {}",
                     Name(disk_.target), what, Name(e.path), probed, meaning),
         fmt::format("if it is a {} image: virsh edit {} and set {} to {}; if the guest really "
@@ -316,7 +316,10 @@ class DiskWalker {
         }
         if (formats[i].empty()) known = false;
       }
-      if (known) AddFix(p, DomainFix(ctx_, chain_, k, formats));
+      if (known) {
+        AddDomainFix(p, ctx_.domain.empty() ? "DOMAIN" : ctx_.domain,
+                     DomainFixXml(chain_, k, formats));
+      }
     }
   }
 

@@ -26,10 +26,24 @@ std::string RenderInfoJson(const Chain& chain);
 // `problems`: "" when healthy; else "<index>: <message> -- fix: <fix>\n" per
 // problem (" -- fix: ..." left out when a problem has no fix).
 std::string RenderProblems(const Chain& chain);
-// The lines `problems` adds for the elements `held` (indexes) that a
-// process holds for writing (core/write/in_use.h): "<index>: in use: ..."
-// saying that the guest data may change while it is read. "" if none.
+// The same lines for any list of problems.
+std::string RenderProblemLines(const std::vector<Problem>& problems);
+// The notes (ProblemKind::kInUse) for the elements `held` (indexes) that a
+// process holds for writing (core/write/in_use.h), saying that the guest
+// data may change while it is read.
+std::vector<Problem> InUseProblems(const Chain& chain, const std::vector<int>& held);
+// The lines `problems` adds for them: "<index>: in use: ...". "" if none.
 std::string RenderInUse(const Chain& chain, const std::vector<int>& held);
+
+// `problems.json`: a JSON array, one object per problem, in the order of
+// `problems`: index, path (of the element; null past the chain's end),
+// code (ProblemCode), severity ("error" or "warning"), message, fix (the
+// line `problems` shows), fixes ([{kind, text}], what a script can apply).
+Json ProblemsJson(const Chain& chain, const std::vector<Problem>& problems);
+// `problems.json` of a chain: its problems, then the in-use notes of the
+// elements `held`; 4-space indentation and a final newline ("[]\n" when
+// healthy).
+std::string RenderProblemsJson(const Chain& chain, const std::vector<int>& held);
 
 // `volume.xml`: as `virsh vol-dumpxml` (element 0, one-level backingStore).
 std::string RenderVolumeXml(const Chain& chain);

@@ -213,7 +213,7 @@ TEST_F(DomainTest, NetworkDisksSayWhyTheirChainIsOrIsNotFollowed) {
   // vdd: a qcow2 over rbd with no chain given: libvirt cannot read it.
   Chain vdd = Resolve(def->disks[3]);
   ASSERT_EQ(vdd.problems.size(), 1u) << RenderProblems(vdd);
-  EXPECT_EQ(vdd.problems[0].kind, ProblemKind::kDomain);
+  EXPECT_EQ(vdd.problems[0].kind, ProblemKind::kUnsupportedProtocol);
   EXPECT_NE(vdd.problems[0].message.find("libvirt does not read the metadata of images over rbd"),
             std::string::npos)
       << vdd.problems[0].message;
@@ -339,7 +339,7 @@ TEST_F(DomainTest, RawDriverOnAQcow2HasNoBackingAndWarnsOfTheMismatch) {
     EXPECT_EQ(c.elements[0].format, "raw");
     EXPECT_TRUE(c.complete);
     ASSERT_EQ(c.problems.size(), 1u) << RenderProblems(c);
-    EXPECT_EQ(c.problems[0].kind, ProblemKind::kHeader);
+    EXPECT_EQ(c.problems[0].kind, ProblemKind::kFormatMismatch);
     EXPECT_NE(c.problems[0].message.find("format-mismatch"), std::string::npos);
   }
 }
@@ -369,7 +369,7 @@ TEST_F(DomainTest, BackingStoreWithoutFormatIsADefinitionError) {
                       "'/></backingStore>";
   Chain c = Resolve(Disk(FileDisk(P("top.qcow2"), "qcow2", given)));
   ASSERT_FALSE(c.problems.empty());
-  EXPECT_EQ(c.problems[0].kind, ProblemKind::kDomain);
+  EXPECT_EQ(c.problems[0].kind, ProblemKind::kDomainDefinition);
   EXPECT_NE(c.problems[0].message.find("missing disk backing store format"), std::string::npos);
 }
 

@@ -64,7 +64,7 @@ TEST_F(FormatMismatchTest, RawRecordedOverQcow2HeaderIsShownButRawStaysInUse) {
   ASSERT_EQ(c.problems.size(), 1u);
   const Problem& p = c.problems[0];
   EXPECT_EQ(p.index, 1);
-  EXPECT_EQ(p.kind, ProblemKind::kHeader);
+  EXPECT_EQ(p.kind, ProblemKind::kFormatMismatch);
   EXPECT_EQ(p.message.rfind("format-mismatch: ", 0), 0u) << p.message;
   EXPECT_NE(p.message.find("records backing format raw"), std::string::npos) << p.message;
   EXPECT_NE(p.message.find("header is qcow2"), std::string::npos) << p.message;

@@ -90,7 +90,16 @@ TEST_F(HostileOutputTest, CheckAndChainPrintExactlyOneLinePerProblemAndElement) 
   for (const HostileCase& c : cases_) {
     SCOPED_TRACE(c.label);
     RunResult check = RunChainctl({"check", P(c.top)});
-    EXPECT_EQ(check.exit_code, c.problems > 0 ? 1 : 0) << check.out << check.err;
+    // 1 when any problem is an error, 3 when all are warnings (the
+    // severities problems.json gives).
+    RunResult js = RunChainctl({"check", "--json", P(c.top)});
+    EXPECT_EQ(js.exit_code, check.exit_code);
+    Result<Json> parsed = Json::Parse(js.out);
+    ASSERT_TRUE(parsed.ok() && parsed->is_array()) << js.out;
+    EXPECT_EQ(parsed->as_array().size(), size_t(c.problems)) << js.out;
+    bool error = false;
+    for (const Json& p : parsed->as_array()) error = error || p.Find("severity")->as_string() == "error";
+    EXPECT_EQ(check.exit_code, c.problems == 0 ? 0 : error ? 1 : 3) << check.out << check.err;
     EXPECT_EQ(testutil::CountLines(check.out), c.problems) << EscapeOneLine(check.out);
     EXPECT_EQ(testutil::FindRawControl(check.out), "") << EscapeOneLine(check.out);
     size_t start = 0;

@@ -31,19 +31,19 @@ TEST_F(MountTest, LsShowsPoolsVolumesAndTheirFiles) {
   EXPECT_EQ(MustRun({"ls", "-A", M("p")}).out, ".pool.xml\nbase.raw\nmid.qcow2\ntop.qcow2\n");
   EXPECT_EQ(MustRun({"ls", M("p/top.qcow2")}).out,
             "allocation\nbacking\nbacking_format\ncapacity\nchain\ndata\ndisk.xml\nformat\ninfo\n"
-            "info.json\nmap\nmap.json\nproblems\nrebase\nusers\nvolume.xml\n");
+            "info.json\nmap\nmap.json\nproblems\nproblems.json\nrebase\nusers\nvolume.xml\n");
   EXPECT_EQ(MustRun({"ls", M("p/top.qcow2/chain")}).out, "0\n1\n2\n");
   EXPECT_EQ(MustRun({"ls", M("p/top.qcow2/chain/1")}).out,
             "allocation\nbacking\nbacking_format\ncapacity\ndata\nformat\npath\nvolume\n");
-  EXPECT_EQ(MustRun({"ls", "-A", M(".chainfs")}).out, "log\nstats\nversion\n");
+  EXPECT_EQ(MustRun({"ls", "-A", M(".chainfs")}).out, "log\nmetrics\nstats\nversion\n");
 }
 
 TEST_F(MountTest, FindWalksTheWholeTree) {
   MakeChain();
   ASSERT_TRUE(MountPool());
   std::vector<std::string> files = Lines(MustRun({"find", M("p/top.qcow2"), "-type", "f"}).out);
-  // 15 volume files + 7 per chain element.
-  EXPECT_EQ(files.size(), 15u + 3 * 7u);
+  // 16 volume files + 7 per chain element.
+  EXPECT_EQ(files.size(), 16u + 3 * 7u);
   std::vector<std::string> links = Lines(MustRun({"find", M("p"), "-type", "l"}).out);
   // top: 3 elements, mid: 2, base: 1, each a volume of the pool.
   EXPECT_EQ(links.size(), 6u);

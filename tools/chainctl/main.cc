@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <iostream>
 #include <map>
@@ -33,6 +34,7 @@ using core::Chain;
 constexpr int kExitOk = 0;
 constexpr int kExitProblems = 1;  // `check` found problems; create/rebase refused
 constexpr int kExitError = 2;     // usage error or the image cannot be read
+constexpr int kExitWarnings = 3;  // `check` found only warnings (the chain still works)
 
 constexpr const char* kUsage =
     "Usage: chainctl [--pool-dir DIR] [--pool NAME=PATH]... [--domain-dir DIR] [--run-dir DIR]\n"
@@ -43,7 +45,10 @@ constexpr const char* kUsage =
     "Commands:\n"
     "  info [--json] IMAGE      the whole chain, as qemu-img info --backing-chain\n"
     "  chain IMAGE              one line per element: index, format, path\n"
-    "  check IMAGE              problems with their fixes; exit 0 healthy, 1 problems\n"
+    "  check [--json] IMAGE     problems with their fixes; exit 0 healthy, 1 problems,\n"
+    "                           3 warnings only\n"
+    "  check --all [--json]     the same over every pool volume and domain disk,\n"
+    "                           with a summary line; exits as the worst problem\n"
     "  xml volume|disk IMAGE    the volume as virsh vol-dumpxml, or a domain <disk>\n"
     "  pools                    pools, their paths and volume counts\n"
     "  map [--json] IMAGE       allocation by chain depth, as qemu-img map\n"
@@ -70,7 +75,7 @@ constexpr const char* kUsage =
     "  --version          show the version\n"
     "\n"
     "Exit status: 0 success, 1 problems found (check) or operation refused\n"
-    "(create, rebase), 2 usage error or unreadable image.\n"
+    "(create, rebase), 2 usage error or unreadable image, 3 only warnings (check).\n"
     "See chainctl(1).\n";
 
 // The state every command shares: the pools (for phrasing fixes as file
@@ -154,16 +159,45 @@ int CmdChain(Context& ctx, const std::vector<std::string>& args) {
   return WriteOut(core::RenderChainList(chain)) ? kExitOk : kExitError;
 }
 
-int CmdCheck(Context& ctx, const std::vector<std::string>& args) {
-  Chain chain;
-  if (int rc = CmdOneImage(ctx, "check", args, &chain); rc != kExitOk) return rc;
-  // As VOL/problems: plus a line per element held for writing now, which
-  // is a note, not a problem (the exit code stays the chain's).
-  if (!WriteOut(core::RenderProblems(chain) +
-                core::RenderInUse(chain, core::ElementsHeldForWriting(chain)))) {
-    return kExitError;
+// The exit status of `check` for a set of problems: the worst one decides
+// (in-use notes do not count).
+int CheckExit(const std::vector<core::Problem>& problems) {
+  int rc = kExitOk;
+  for (const core::Problem& p : problems) {
+    if (p.kind == core::ProblemKind::kInUse) continue;
+    if (!core::IsWarning(p.kind)) return kExitProblems;
+    rc = kExitWarnings;
   }
-  return chain.healthy() ? kExitOk : kExitProblems;
+  return rc;
+}
+
+int CmdCheckAll(Context& ctx, bool json);
+
+int CmdCheck(Context& ctx, const std::vector<std::string>& args) {
+  bool json = false;
+  bool all = false;
+  std::vector<std::string> images;
+  for (const std::string& a : args) {
+    if (a == "--json" || a == "--output=json") {
+      json = true;
+    } else if (a == "--all") {
+      all = true;
+    } else {
+      images.push_back(a);
+    }
+  }
+  if (all) {
+    if (!images.empty()) return UsageError("check: --all takes no IMAGE");
+    return CmdCheckAll(ctx, json);
+  }
+  Chain chain;
+  if (int rc = CmdOneImage(ctx, "check", images, &chain); rc != kExitOk) return rc;
+  // As VOL/problems (.json): plus a note per element held for writing now.
+  std::vector<int> held = core::ElementsHeldForWriting(chain);
+  std::string out = json ? core::RenderProblemsJson(chain, held)
+                         : core::RenderProblems(chain) + core::RenderInUse(chain, held);
+  if (!WriteOut(out)) return kExitError;
+  return CheckExit(chain.problems);
 }
 
 int CmdXml(Context& ctx, const std::vector<std::string>& args) {
@@ -453,6 +487,130 @@ int CmdUsers(Context& ctx, const std::vector<std::string>& args) {
   std::vector<std::string> users =
       core::UsersOf(AllOwners(ctx, set), st->id.dev, st->id.ino, self.value_or(""));
   return WriteOut(core::RenderUsers(users)) ? kExitOk : kExitError;
+}
+
+// "1 volume", "2 volumes".
+std::string Count(size_t n, std::string_view one, std::string_view many) {
+  return fmt::format("{} {}", n, n == 1 ? one : many);
+}
+
+// One chain `check --all` looked at: its owner as the mount names it
+// ("POOL/VOLUME", ".domains/DOMAIN/TARGET") and what `problems` shows.
+struct Checked {
+  std::string owner;
+  Chain chain;
+  std::vector<core::Problem> problems;
+};
+
+int CmdCheckAll(Context& ctx, bool json) {
+  core::DomainSet set = core::LoadDomains(ctx.domains);
+  ReportSkipped(ctx, set);
+  std::vector<Checked> checked;
+  size_t pools = 0, volumes = 0, disks = 0;
+  bool unreadable_pool = false;
+  core::ResolveOptions opts;
+  opts.locate = ctx.catalog.MakeLocator();
+  for (const core::PoolDef& pool : ctx.catalog.Pools()) {
+    if (!pool.Browsable()) continue;
+    std::shared_ptr<const core::PoolScan> scan = ctx.catalog.Scan(pool.name);
+    if (!scan || !scan->status.ok()) {
+      std::fprintf(stderr, "chainctl: pool '%s': %s\n", core::OneLine(pool.name).c_str(),
+                   scan ? core::OneLine(scan->status.message()).c_str() : "cannot scan");
+      unreadable_pool = true;
+      continue;
+    }
+    ++pools;
+    for (const core::VolumeEntry& v : scan->volumes) {
+      ++volumes;
+      Checked c{pool.name + "/" + v.name, core::ResolveChain(ctx.inspector, v.path, opts), {}};
+      c.problems = c.chain.problems;
+      for (core::Problem& p : core::InUseProblems(c.chain, core::ElementsHeldForWriting(c.chain))) {
+        c.problems.push_back(std::move(p));
+      }
+      checked.push_back(std::move(c));
+    }
+  }
+  for (const auto& [name, entry] : set.domains) {
+    core::DiskContext dctx = core::MakeDiskContext(ctx.catalog, name);
+    for (const core::DiskDef& d : entry->def.disks) {
+      ++disks;
+      const core::DiskDef* shown = core::ShownDisk(*entry, d.target);
+      Checked c{".domains/" + name + "/" + d.target,
+                core::ResolveShownDisk(ctx.inspector, *entry, *shown, dctx), {}};
+      c.problems = c.chain.problems;
+      checked.push_back(std::move(c));
+    }
+  }
+  // The summary: what was looked at, then the problems by code.
+  std::map<std::string, size_t> by_code;
+  size_t problems = 0, chains = 0;
+  std::vector<core::Problem> every;
+  for (const Checked& c : checked) {
+    if (!c.problems.empty()) ++chains;
+    for (const core::Problem& p : c.problems) {
+      ++by_code[std::string(core::ProblemCode(p.kind))];
+      ++problems;
+      every.push_back(p);
+    }
+  }
+  std::vector<std::pair<std::string, size_t>> codes(by_code.begin(), by_code.end());
+  std::stable_sort(codes.begin(), codes.end(),
+                   [](const auto& a, const auto& b) { return a.second > b.second; });
+  std::string summary =
+      fmt::format("checked {} in {} and {} of {}: ", Count(volumes, "volume", "volumes"),
+                  Count(pools, "pool", "pools"), Count(disks, "disk", "disks"),
+                  Count(set.domains.size(), "domain", "domains"));
+  if (problems == 0) {
+    summary += "no problems";
+  } else {
+    summary += fmt::format("{} in {} (", Count(problems, "problem", "problems"),
+                           Count(chains, "chain", "chains"));
+    for (size_t k = 0; k < codes.size(); ++k) {
+      summary += fmt::format("{}{} {}", k ? ", " : "", codes[k].first, codes[k].second);
+    }
+    summary += ")";
+  }
+  int rc = CheckExit(every);
+  if (rc == kExitOk && unreadable_pool) rc = kExitError;
+  std::string out;
+  if (json) {
+    core::Json doc = core::Json::MakeObject();
+    core::Json looked = core::Json::MakeObject();
+    looked.Set("pools", uint64_t(pools));
+    looked.Set("volumes", uint64_t(volumes));
+    looked.Set("domains", uint64_t(set.domains.size()));
+    looked.Set("disks", uint64_t(disks));
+    doc.Set("checked", std::move(looked));
+    core::Json list = core::Json::MakeArray();
+    for (const Checked& c : checked) {
+      core::Json items = core::ProblemsJson(c.chain, c.problems);
+      for (core::Json& item : items.as_array()) {
+        core::Json o = core::Json::MakeObject();
+        o.Set("owner", c.owner);
+        for (auto& [key, value] : item.as_object()) o.Set(key, std::move(value));
+        list.Push(std::move(o));
+      }
+    }
+    doc.Set("problems", std::move(list));
+    core::Json counts = core::Json::MakeObject();
+    for (const auto& [code, n] : codes) counts.Set(code, uint64_t(n));
+    doc.Set("counts", std::move(counts));
+    doc.Set("summary", summary);
+    doc.Set("exit", rc);
+    out = doc.Dump(4) + "\n";
+  } else {
+    for (const Checked& c : checked) {
+      std::string text = core::RenderProblemLines(c.problems);
+      for (size_t pos = 0; pos < text.size();) {
+        size_t nl = text.find('\n', pos);
+        out += core::OneLine(c.owner) + " " + text.substr(pos, nl - pos) + "\n";
+        pos = nl + 1;
+      }
+    }
+    out += summary + "\n";
+  }
+  if (!WriteOut(out)) return kExitError;
+  return rc;
 }
 
 int CmdDomain(Context& ctx, const std::vector<std::string>& args) {
