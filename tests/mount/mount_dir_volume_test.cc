@@ -71,7 +71,8 @@ TEST_F(MountDirVolumeTest, SubdirectoryIsADirVolumeWithLibvirtsXmlAndNoChain) {
   EXPECT_TRUE(Contains(pool, "top.qcow2"));
   EXPECT_EQ(Names(M("p/isos")),
             (std::vector<std::string>{"allocation", "backing", "backing_format", "capacity",
-                                      "format", "info", "info.json", "problems", "volume.xml"}));
+                                      "format", "info", "info.json", "problems", "problems.json",
+                                      "volume.xml"}));
   struct stat st {};
   for (const char* absent : {"chain", "disk.xml", "rebase", "inside.img"}) {
     EXPECT_NE(::stat(M(std::string("p/isos/") + absent).c_str(), &st), 0) << absent;

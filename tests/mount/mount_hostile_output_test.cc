@@ -71,7 +71,19 @@ TEST_F(MountHostileOutputTest, EveryCaseKeepsItsDocumentsValidAndItsLinesCounted
     EXPECT_EQ(testutil::FindRawControl(problems), "") << core::EscapeOneLine(problems);
     int rc = -1;
     EXPECT_EQ(problems, Chainctl({"check", P(c.top)}, &rc));
-    EXPECT_EQ(rc, c.problems > 0 ? 1 : 0);
+    // problems.json: strict JSON, one object per line of problems, the
+    // same as chainctl's; the exit status follows its severities.
+    std::string pjson = ReadFile(vol + "/problems.json");
+    EXPECT_EQ(StrictJsonComplaint(pjson), "") << pjson;
+    EXPECT_EQ(pjson, Chainctl({"check", "--json", P(c.top)}, &rc));
+    core::Result<core::Json> parsed = core::Json::Parse(pjson);
+    ASSERT_TRUE(parsed.ok() && parsed->is_array()) << pjson;
+    EXPECT_EQ(parsed->as_array().size(), size_t(c.problems));
+    bool error = false;
+    for (const core::Json& p : parsed->as_array()) {
+      error = error || p.Find("severity")->as_string() == "error";
+    }
+    EXPECT_EQ(rc, c.problems == 0 ? 0 : error ? 1 : 3);
 
     std::string info = ReadFile(vol + "/info");
     EXPECT_EQ(testutil::FindRawControl(info), "") << core::EscapeOneLine(info);
