@@ -81,6 +81,19 @@ class ProblemsJsonTest : public MountTest {
     EXPECT_EQ(r.exit_code, 0) << line << "\n" << r.err << Log();
   }
 
+  // Writes domain `name` to the domain folder, with a qcow2 file disk per
+  // {target, file}.
+  void PutDomain(const std::string& name,
+                 const std::vector<std::pair<std::string, std::string>>& disks) {
+    std::string xml = "<domain type='qemu'><name>" + name +
+                      "</name><memory unit='KiB'>65536</memory><devices>";
+    for (const auto& [target, file] : disks) {
+      xml += "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='" +
+             file + "'/><target dev='" + target + "' bus='virtio'/></disk>";
+    }
+    std::ofstream(doms_ + "/" + name + ".xml") << xml << "</devices></domain>\n";
+  }
+
   std::string doms_, run_;
 };
 
@@ -215,13 +228,7 @@ TEST_F(ProblemsJsonTest, MetricsAgreeWithTheProblemsFiles) {
   QemuImgCreate({"-f", "qcow2", "-u", "-b", "good.qcow2", "-F", "raw", P("mis.qcow2"), "1M"});
   QemuImgCreate({"-f", "qcow2", "-b", "b1.qcow2", "-F", "qcow2", P("mbf.qcow2")});
   ASSERT_TRUE(testutil::StripBackingFormat(P("mbf.qcow2")).ok());
-  std::ofstream(doms_ + "/vm\"1.xml")
-      << "<domain type='qemu'><name>vm\"1</name><memory unit='KiB'>65536</memory><devices>"
-         "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='"
-      << P("mbf.qcow2")
-      << "'/><target dev='vda' bus='virtio'/></disk>"
-         "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='"
-      << P("gone.qcow2") << "'/><target dev='vdb' bus='virtio'/></disk></devices></domain>\n";
+  PutDomain("vm\"1", {{"vda", P("mbf.qcow2")}, {"vdb", P("gone.qcow2")}});
   ASSERT_TRUE(MountPool({"--domain-dir", doms_, "--run-dir", run_}));
   // name labels... value, one sample per line, as the parser reads them.
   const std::string parse =
@@ -273,10 +280,7 @@ TEST_F(ProblemsJsonTest, CheckAllCoversEveryVolumeAndDiskAndExitsAsTheWorst) {
   QemuImgCreate({"-f", "qcow2", "-u", "-b", "good.qcow2", "-F", "raw", P("mis.qcow2"), "1M"});
   QemuImgCreate({"-f", "qcow2", "-b", "b1.qcow2", "-F", "qcow2", P("mbf.qcow2")});
   ASSERT_TRUE(testutil::StripBackingFormat(P("mbf.qcow2")).ok());
-  std::ofstream(doms_ + "/vm.xml")
-      << "<domain type='qemu'><name>vm</name><memory unit='KiB'>65536</memory><devices>"
-         "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='"
-      << P("good.qcow2") << "'/><target dev='vda' bus='virtio'/></disk></devices></domain>\n";
+  PutDomain("vm", {{"vda", P("good.qcow2")}});
   ASSERT_TRUE(MountPool({"--domain-dir", doms_, "--run-dir", run_}));
   const std::vector<std::string> where = {"--domain-dir", doms_, "--run-dir", run_};
   auto ctl = [&](std::vector<std::string> args, int* rc) {
