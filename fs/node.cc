@@ -115,7 +115,8 @@ const std::vector<std::string>& ElementFileNames() {
 }
 
 bool IsReservedPoolEntry(const std::string& name) {
-  return name == kPoolXmlName || name == ".create" || name.rfind(kControlDirName, 0) == 0;
+  return name == kPoolXmlName || name == kPoolTreeName || name == ".create" ||
+         name.rfind(kControlDirName, 0) == 0;
 }
 
 }  // namespace chainfs::fs

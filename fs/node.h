@@ -68,6 +68,7 @@ std::string EncodePrefix(const std::string& pool, const std::string& volume = {}
 inline constexpr const char* kControlDirName = ".chainfs";
 inline constexpr const char* kDomainsDirName = ".domains";
 inline constexpr const char* kPoolXmlName = ".pool.xml";
+inline constexpr const char* kPoolTreeName = ".tree";  // the pool's chain forest
 inline constexpr const char* kChainDirName = "chain";
 inline constexpr const char* kVolumeLinkName = "volume";
 // Returns the control files, in listing order.

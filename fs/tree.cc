@@ -8,6 +8,7 @@
 
 #include "core/chain/backing_ref.h"
 #include "core/render/render.h"
+#include "core/render/tree_render.h"
 #include "core/write/in_use.h"
 #include "fs/chain_nodes.h"
 
@@ -208,6 +209,9 @@ std::vector<DirEntry> Tree::PoolEntries(const std::string& pool) {
   NodeKey xml{NodeKind::kPoolFile, pool};
   xml.file = kPoolXmlName;
   out.push_back({kPoolXmlName, xml});
+  NodeKey tree{NodeKind::kPoolFile, pool};
+  tree.file = kPoolTreeName;
+  out.push_back({kPoolTreeName, tree});
   std::shared_ptr<const core::PoolScan> scan = catalog_.Scan(pool);
   if (!scan) return out;
   if (!scan->status.ok()) {
@@ -247,6 +251,22 @@ std::vector<core::PoolFigures> Tree::PoolMetrics() {
     }
     out.push_back(std::move(f));
   }
+  return out;
+}
+
+core::TreePool Tree::PoolChains(const std::string& pool) {
+  core::TreePool out;
+  out.name = pool;
+  for (const DirEntry& entry : PoolEntries(pool)) {
+    if (entry.key.kind != NodeKind::kVolumeDir) continue;
+    Result<std::shared_ptr<const ChainSnapshot>> snap = VolumeChain(pool, entry.name);
+    if (!snap.ok()) continue;  // gone since the scan
+    // The snapshot holds the chain: the picture keeps it alive with it.
+    std::shared_ptr<const ChainSnapshot> held = *snap;
+    out.volumes.push_back({entry.name, std::shared_ptr<const core::Chain>(held, &held->chain())});
+  }
+  std::sort(out.volumes.begin(), out.volumes.end(),
+            [](const core::TreeVolume& a, const core::TreeVolume& b) { return a.name < b.name; });
   return out;
 }
 
@@ -296,7 +316,7 @@ Result<NodeKey> Tree::Lookup(const NodeKey& parent, const std::string& name) {
     }
     case NodeKind::kPoolDir: {
       CHAINFS_RETURN_IF_ERROR(Pool(parent.pool).status());
-      if (name == kPoolXmlName) {
+      if (name == kPoolXmlName || name == kPoolTreeName) {
         NodeKey key{NodeKind::kPoolFile, parent.pool};
         key.file = name;
         return key;
@@ -419,6 +439,7 @@ Result<std::string> Tree::Render(const NodeKey& key) {
     case NodeKind::kPoolFile: {
       Result<core::PoolDef> pool = Pool(key.pool);
       if (!pool.ok()) return pool.status();
+      if (key.file == kPoolTreeName) return core::RenderPoolTree(PoolChains(key.pool));
       return core::RenderPoolXml(*pool, core::StatPoolSpace(*pool));
     }
     case NodeKind::kVolumeFile:

@@ -22,6 +22,7 @@
 #include "core/domain/domain_view.h"
 #include "core/pool/catalog.h"
 #include "core/render/metrics.h"
+#include "core/render/tree_render.h"
 #include "core/status.h"
 #include "fs/chain_cache.h"
 #include "fs/event_log.h"
@@ -113,6 +114,8 @@ class Tree {
   // its disks and theirs.
   std::vector<core::PoolFigures> PoolMetrics();
   std::vector<core::DomainFigures> DomainMetrics();
+  // A pool's volumes and their chains, by name, for POOL/.tree.
+  core::TreePool PoolChains(const std::string& pool);
   // Sets the renderer of VOL/rebase, called with the volume's absolute path
   // (the write side owns the rebase jobs); without one the file is empty.
   void set_rebase_renderer(std::function<std::string(const std::string& image)> render) {

@@ -44,6 +44,8 @@ chainctl info --json pool/t
 chainctl check pool/
 chainctl chain '"$work"'/pool/m
 chainctl rebase -
+chainctl check --
+chainctl tree -
 chainctl create -F qc
 chainctl create -b pool/b
 chainctl xml 
@@ -66,14 +68,16 @@ got=$(complete_lines <<<"$lines")
 w=$work
 want="complete -F _chainctl chainctl
 complete -F _chainfs chainfs
-chainctl  => cat chain check create domain domains info map pools rebase users xml
+chainctl  => cat chain check create domain domains info map pools rebase tree users xml
 chainctl ch => chain check
-chainctl --pool-dir /x --pool p=/y  => cat chain check create domain domains info map pools rebase users xml
+chainctl --pool-dir /x --pool p=/y  => cat chain check create domain domains info map pools rebase tree users xml
 chainctl -- => --domain-dir --help --pool --pool-dir --run-dir --version
 chainctl info --json pool/t => pool/top.qcow2
 chainctl check pool/ => pool/base.qcow2 pool/mid.qcow2 pool/top.qcow2
 chainctl chain $w/pool/m => $w/pool/mid.qcow2
 chainctl rebase - => --help -F -b -u
+chainctl check -- => --all --help --json
+chainctl tree - => --dot --help
 chainctl create -F qc => qcow qcow2
 chainctl create -b pool/b => pool/base.qcow2
 chainctl xml  => disk volume

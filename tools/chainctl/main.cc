@@ -19,6 +19,7 @@
 #include "core/pool/catalog.h"
 #include "core/render/domain_render.h"
 #include "core/render/render.h"
+#include "core/render/tree_render.h"
 #include "core/util/escape.h"
 #include "core/util/small_file.h"
 #include "core/write/create.h"
@@ -62,6 +63,8 @@ constexpr const char* kUsage =
     "  domain [--json|--xml|--check] NAME|FILE.xml [TARGET]\n"
     "                           a domain disk's chain as libvirt resolves it at start\n"
     "  users IMAGE              the domain disks and volumes whose chain holds IMAGE\n"
+    "  tree [--dot] [POOL]      the pools' chain forests as a text tree (= POOL/.tree),\n"
+    "                           or as Graphviz DOT\n"
     "\n"
     "Options:\n"
     "  --pool-dir DIR     read libvirt pool definitions from DIR\n"
@@ -613,6 +616,58 @@ int CmdCheckAll(Context& ctx, bool json) {
   return rc;
 }
 
+int CmdTree(Context& ctx, const std::vector<std::string>& args) {
+  bool dot = false;
+  std::optional<std::string> only;
+  for (const std::string& a : args) {
+    if (a == "--dot") {
+      dot = true;
+    } else if (!a.empty() && a[0] == '-') {
+      return UsageError("tree: unknown option '" + a + "'");
+    } else if (!only) {
+      only = a;
+    } else {
+      return UsageError("tree: expected at most one POOL");
+    }
+  }
+  core::ResolveOptions opts;
+  opts.locate = ctx.catalog.MakeLocator();
+  std::vector<core::TreePool> pools;
+  for (const core::PoolDef& pool : ctx.catalog.Pools()) {
+    if (!pool.Browsable() || (only && pool.name != *only)) continue;
+    std::shared_ptr<const core::PoolScan> scan = ctx.catalog.Scan(pool.name);
+    if (!scan || !scan->status.ok()) {
+      std::fprintf(stderr, "chainctl: pool '%s': %s\n", core::OneLine(pool.name).c_str(),
+                   scan ? core::OneLine(scan->status.message()).c_str() : "cannot scan");
+      continue;
+    }
+    core::TreePool tp;
+    tp.name = pool.name;
+    for (const core::VolumeEntry& v : scan->volumes) {
+      tp.volumes.push_back(
+          {v.name, std::make_shared<const Chain>(core::ResolveChain(ctx.inspector, v.path, opts))});
+    }
+    std::sort(tp.volumes.begin(), tp.volumes.end(),
+              [](const core::TreeVolume& a, const core::TreeVolume& b) { return a.name < b.name; });
+    pools.push_back(std::move(tp));
+  }
+  if (only && pools.empty()) {
+    std::fprintf(stderr, "chainctl: no browsable pool '%s'\n", core::OneLine(*only).c_str());
+    return kExitError;
+  }
+  std::string out;
+  if (dot) {
+    out = core::RenderTreeDot(pools);
+  } else {
+    for (size_t k = 0; k < pools.size(); ++k) {
+      // One pool: exactly POOL/.tree. Several: each under its name.
+      if (!only) out += (k ? "\n" : "") + fmt::format("[{}]\n", core::OneLine(pools[k].name));
+      out += core::RenderPoolTree(pools[k]);
+    }
+  }
+  return WriteOut(out) ? kExitOk : kExitError;
+}
+
 int CmdDomain(Context& ctx, const std::vector<std::string>& args) {
   std::string mode = "info";
   std::vector<std::string> positional;
@@ -831,6 +886,7 @@ int Main(int argc, char** argv) {
   if (command == "domains") return CmdDomains(ctx, rest);
   if (command == "domain") return CmdDomain(ctx, rest);
   if (command == "users") return CmdUsers(ctx, rest);
+  if (command == "tree") return CmdTree(ctx, rest);
   return UsageError("unknown command '" + command + "'");
 }
 
