@@ -334,6 +334,15 @@ TEST_F(MountDataGuestTest, AnImageHeldForWritingIsReadUncachedAndProblemsSaySo) 
   int rc = -1;
   EXPECT_EQ(Chainctl({"check", P("disk.raw")}, &rc), problems);
   EXPECT_EQ(rc, 0) << "a note, not a problem of the chain";
+  // problems.json gives the note its code, as chainctl check --json does.
+  std::string pjson = ReadFile(M("p/disk.raw/problems.json"));
+  EXPECT_EQ(MustRun({"jq", "-r", ".[] | \"\\(.code) \\(.severity) \\(.path)\"",
+                     M("p/disk.raw/problems.json")})
+                .out,
+            "in-use warning " + P("disk.raw") + "\n")
+      << pjson;
+  EXPECT_EQ(Chainctl({"check", "--json", P("disk.raw")}, &rc), pjson);
+  EXPECT_EQ(rc, 0);
   // From now on the kernel keeps nothing of the data: every write the
   // guest makes is seen by the very next read, with no wait.
   for (int k = 1; k <= 30; ++k) {
@@ -352,6 +361,7 @@ TEST_F(MountDataGuestTest, AnImageHeldForWritingIsReadUncachedAndProblemsSaySo) 
   ASSERT_EQ(::unlink(status.c_str()), 0);
   expect_problems(false);
   EXPECT_EQ(Chainctl({"check", P("disk.raw")}), "");
+  EXPECT_EQ(ReadFile(M("p/disk.raw/problems.json")), "[]\n");
 }
 
 // With nothing cached before, the note comes and goes with the holder alone.
