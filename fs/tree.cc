@@ -238,11 +238,8 @@ std::vector<core::PoolFigures> Tree::PoolMetrics() {
     if (!pool.Browsable()) continue;
     core::PoolFigures f;
     f.pool = pool.name;
-    for (const DirEntry& entry : PoolEntries(pool.name)) {
-      if (entry.key.kind != NodeKind::kVolumeDir) continue;
-      Result<std::shared_ptr<const ChainSnapshot>> snap = VolumeChain(pool.name, entry.name);
-      if (!snap.ok()) continue;  // gone since the scan
-      const core::Chain& chain = (*snap)->chain();
+    for (const core::TreeVolume& v : PoolChains(pool.name).volumes) {
+      const core::Chain& chain = *v.chain;
       ++f.volumes;
       ++(chain.complete ? f.complete : f.broken);
       // As VOL/problems counts them: the chain's problems, then in-use notes.
