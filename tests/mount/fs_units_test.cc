@@ -226,6 +226,7 @@ TEST(NodeKey, PathsNameTheTree) {
   EXPECT_EQ(NodeKey(NodeKind::kElementLink, "p", "v", 3).Path(), "/p/v/chain/3/volume");
   EXPECT_EQ(NodeKey(NodeKind::kControlFile, "", "", -1, "log").Path(), "/.chainfs/log");
   EXPECT_TRUE(IsReservedPoolEntry(".pool.xml"));
+  EXPECT_TRUE(IsReservedPoolEntry(".tree"));
   EXPECT_TRUE(IsReservedPoolEntry(".create"));
   EXPECT_FALSE(IsReservedPoolEntry("disk.qcow2"));
 }

@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -116,7 +117,7 @@ TEST_F(MountHostileOutputTest, EveryVolumeOfThePoolAndThePoolItselfStayValid) {
   std::vector<std::string> volumes = Entries(M("p"));
   EXPECT_GT(volumes.size(), cases_.size());
   for (const std::string& name : volumes) {
-    if (name == ".pool.xml") continue;
+    if (name == ".pool.xml" || name == ".tree") continue;
     SCOPED_TRACE(core::EscapeOneLine(name));
     EXPECT_EQ(name.find_first_of("\n\r\x01\x1b"), std::string::npos);
     const std::string vol = M("p/" + name);
@@ -127,6 +128,13 @@ TEST_F(MountHostileOutputTest, EveryVolumeOfThePoolAndThePoolItselfStayValid) {
     EXPECT_EQ(testutil::FindRawControl(ReadFile(vol + "/problems")), "");
     EXPECT_EQ(testutil::FindRawControl(ReadFile(vol + "/info")), "");
   }
+  // The pictures of the same pool: escaped text, DOT that dot renders.
+  EXPECT_EQ(testutil::FindRawControl(ReadFile(M("p/.tree"))), "");
+  std::string dot_file = tmp_.Sub("hostile.dot");
+  std::ofstream(dot_file) << Chainctl({"tree", "--dot", "p"});
+  testutil::RunResult svg = testutil::Run({"dot", "-Tsvg", "-o", tmp_.Sub("hostile.svg"), dot_file});
+  EXPECT_EQ(svg.exit_code, 0) << svg.err;
+  EXPECT_EQ(svg.err, "");
   // The log names left-out entries and problems with escaped values only:
   // every line is an event (a timestamp first), none is forged.
   std::string log = Log();

@@ -28,7 +28,7 @@ TEST_F(MountTest, LsShowsPoolsVolumesAndTheirFiles) {
   MakeChain();
   ASSERT_TRUE(MountPool());
   EXPECT_EQ(MustRun({"ls", "-A", mnt_}).out, ".chainfs\np\n");
-  EXPECT_EQ(MustRun({"ls", "-A", M("p")}).out, ".pool.xml\nbase.raw\nmid.qcow2\ntop.qcow2\n");
+  EXPECT_EQ(MustRun({"ls", "-A", M("p")}).out, ".pool.xml\n.tree\nbase.raw\nmid.qcow2\ntop.qcow2\n");
   EXPECT_EQ(MustRun({"ls", M("p/top.qcow2")}).out,
             "allocation\nbacking\nbacking_format\ncapacity\nchain\ndata\ndisk.xml\nformat\ninfo\n"
             "info.json\nmap\nmap.json\nproblems\nproblems.json\nrebase\nusers\nvolume.xml\n");
