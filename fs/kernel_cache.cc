@@ -199,6 +199,29 @@ std::vector<std::string> KernelCache::VolumesUsing(const std::string& normalized
   return out;
 }
 
+void KernelCache::Pin(uint64_t ino, const Version& v, bool reached_end) {
+  auto now = std::chrono::steady_clock::now();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (pins_.size() >= 1024) {
+    // Bounded: the pins of reads long finished go first.
+    std::erase_if(pins_, [&](const auto& p) { return now - p.second.at > kPinFor; });
+  }
+  PinnedRead pin;
+  pin.length = v.bytes.size();
+  if (!reached_end) pin.version = v;
+  pin.at = now;
+  pins_[ino] = std::move(pin);
+}
+
+std::optional<KernelCache::PinnedRead> KernelCache::Pinned(uint64_t ino) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = pins_.find(ino);
+  if (it == pins_.end() || std::chrono::steady_clock::now() - it->second.at > kPinFor) {
+    return std::nullopt;
+  }
+  return it->second;
+}
+
 size_t KernelCache::size() const {
   std::lock_guard<std::mutex> lock(mu_);
   return versions_.size();

@@ -49,6 +49,9 @@ class KernelCache {
     std::string bytes;
     struct timespec mtime {};
   };
+  // How long the content a read from offset 0 got stays the one later
+  // reads of the same file continue (see Pin).
+  static constexpr std::chrono::milliseconds kPinFor{2000};
   // Bytes of content kept in all (VmHWM stays bounded on walks of big pools).
   static constexpr size_t kContentBudget = size_t(8) << 20;
 
@@ -84,6 +87,21 @@ class KernelCache {
   // Returns how many inodes have recorded content.
   size_t size() const;
 
+  // A reader (cat, a script's read loop) reads a file from offset 0 on,
+  // then on until a read returns nothing; a file that changes between its
+  // reads (VOL/rebase, .chainfs/stats) would give it the head of one
+  // content and the tail of another. Pin records what a read from offset 0
+  // served: its length when it reached the end (the next read is the one
+  // that must find the end), else the content, for the reads that go on;
+  // Pinned returns it while it is younger than kPinFor.
+  struct PinnedRead {
+    std::optional<Version> version;  // the content, when the first read did not reach its end
+    size_t length = 0;
+    std::chrono::steady_clock::time_point at;
+  };
+  void Pin(uint64_t ino, const Version& v, bool reached_end);
+  std::optional<PinnedRead> Pinned(uint64_t ino) const;
+
  private:
   // Paths are kept as 64-bit hashes: a big pool has tens of thousands, and a
   // collision only invalidates a few nodes more than needed.
@@ -113,6 +131,7 @@ class KernelCache {
   std::list<uint64_t> lru_;  // kept inodes, most recent first; guarded by mu_
   size_t kept_bytes_ = 0;    // guarded by mu_
   std::unordered_map<uint64_t, std::shared_ptr<const std::vector<DirEntry>>> listings_;  // guarded by mu_
+  std::unordered_map<uint64_t, PinnedRead> pins_;  // guarded by mu_
   // Keys of chains_ are never moved (node-based map), so users_ points at them.
   std::unordered_map<std::string, Recorded> chains_;                                 // guarded by mu_
   std::unordered_map<uint64_t, std::vector<const std::string*>> users_;              // guarded by mu_

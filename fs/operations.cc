@@ -529,12 +529,25 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_
     }
     Status may = fs.tree.Authorize(*key, CallerOf(req));
     if (!may.ok()) return ReplyStatus(req, fs, Op::kRead, key->Path(), may);
-    std::optional<KernelCache::Version> v = fs.kcache.Current(ino);
+    // A read further on continues the content the read from 0 got, so a
+    // file that changed in between is never read torn (KernelCache::Pin).
+    std::optional<KernelCache::Version> v;
+    if (off > 0) {
+      if (std::optional<KernelCache::PinnedRead> pin = fs.kcache.Pinned(ino)) {
+        if (!pin->version && size_t(off) >= pin->length) {
+          fuse_reply_buf(req, nullptr, 0);  // the end the first read reached
+          return;
+        }
+        v = std::move(pin->version);
+      }
+    }
+    if (!v) v = fs.kcache.Current(ino);
     if (!v) {
       Result<NodeAttr> attr = Describe(fs, ino, *key);
       if (!attr.ok()) return ReplyStatus(req, fs, Op::kRead, key->Path(), attr.status());
       v = fs.kcache.Current(ino);
     }
+    if (v && off == 0) fs.kcache.Pin(ino, *v, v->bytes.size() <= size);
     if (!v || off < 0 || size_t(off) >= v->bytes.size()) {
       fuse_reply_buf(req, nullptr, 0);
       return;
